@@ -1,0 +1,41 @@
+"""JSON request bodies with numbers parsed exactly (cost never goes through a float)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import IO, Any
+
+from django.conf import settings
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import BaseParser
+
+from cdrs.api.errors import PayloadTooLarge
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class DecimalJSONParser(BaseParser):
+    media_type = "application/json"
+
+    def parse(
+        self,
+        stream: IO[bytes],
+        media_type: str | None = None,
+        parser_context: Mapping[str, Any] | None = None,
+    ) -> Any:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        raw = stream.read(limit + 1) if stream is not None else b""
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        try:
+            return json.loads(
+                raw.decode("utf-8"), parse_float=Decimal, parse_constant=_reject_constant
+            )
+        except UnicodeDecodeError as exc:
+            raise ParseError("request body is not UTF-8") from exc
+        except (ValueError, RecursionError) as exc:
+            raise ParseError(f"JSON parse error: {str(exc)[:200]}") from exc

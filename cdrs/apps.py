@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+
+
+class CdrsConfig(AppConfig):
+    name = "cdrs"
+    verbose_name = "Call detail records"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.db.models import CharField
+        from django.db.models.functions import Lower
+
+        # caller_domain__lower__in=[...]: domain-limited tokens match domains case-insensitively.
+        CharField.register_lookup(Lower)

@@ -1,0 +1,284 @@
+"""Bulk import of CSV / NDJSON files (``manage.py import_cdrs``), streaming, in batches.
+
+Every row goes through ``validate_cdr`` (the API's rules). On PostgreSQL each batch is
+COPY-ed into a temporary staging table and moved with one ``INSERT ... SELECT ... ON CONFLICT
+DO NOTHING``, so duplicates within the file and against stored CDRs are skipped and counted.
+Elsewhere batches go through ``services.cdr_ingest``.
+
+Transactions: ``strict`` (the default) loads a file in one transaction, so a file with any
+invalid row, or an interrupted import, loads nothing. ``lenient`` commits batch by batch:
+an interruption leaves whole batches, and re-running the same command finishes the job
+(every row already loaded is a duplicate).
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import gzip
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import IO, Any
+
+from django.db import connection, transaction
+
+from cdrs import services
+from cdrs.export import csv_unescape
+from cdrs.fields import ALL_FIELD_NAMES
+from cdrs.ids import snowflake
+from cdrs.validation import INSERT_COLUMNS, CdrInvalid, validate_cdr
+
+BATCH_ROWS = 10_000
+_STAGING = "cdr_import_staging"
+csv.field_size_limit(64 * 1024)
+
+
+class ImportFileError(Exception):
+    """The file as a whole cannot be imported (unreadable, bad header, unknown format)."""
+
+
+@dataclass
+class ImportStats:
+    read: int = 0
+    created: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    rejects: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.read / self.seconds if self.seconds > 0 else 0.0
+
+
+def detect_format(path: str, explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    name = path[:-3] if path.endswith(".gz") else path
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith((".ndjson", ".jsonl")):
+        return "ndjson"
+    raise ImportFileError(
+        f"{path}: cannot tell the format from the name; use --format csv or --format ndjson"
+    )
+
+
+class _CountingReader(io.RawIOBase):
+    """Counts bytes read from the underlying file (for progress on compressed input too)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.raw.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.count += n
+        return n
+
+
+def open_source(path: str) -> tuple[IO[bytes], _CountingReader, int | None]:
+    """(decompressed byte stream, byte counter of the raw file, raw size or None)."""
+    if path == "-":
+        raw: IO[bytes] = sys.stdin.buffer
+        size = None
+    else:
+        try:
+            raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
+        except OSError as exc:
+            raise ImportFileError(f"{path}: {exc.strerror}") from exc
+        size = os.fstat(raw.fileno()).st_size
+    counter = _CountingReader(raw)
+    stream: IO[bytes] = io.BufferedReader(counter, buffer_size=1 << 20)
+    head = stream.peek(2)[:2]  # type: ignore[attr-defined]
+    if head == b"\x1f\x8b":
+        stream = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
+    return stream, counter, size
+
+
+Record = tuple[int, dict[str, Any] | None, str | None]  # (line, object, parse error)
+
+
+def iter_csv(stream: IO[bytes]) -> Iterator[Record]:
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="", errors="strict")
+    reader = csv.reader(text)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise ImportFileError(f"unreadable CSV header: {exc}") from exc
+    unknown = [h for h in header if h not in ALL_FIELD_NAMES]
+    if unknown:
+        raise ImportFileError(f"unknown column(s) in the CSV header: {', '.join(unknown[:5])}")
+    if len(set(header)) != len(header):
+        raise ImportFileError("a column appears twice in the CSV header")
+    width = len(header)
+    line = reader.line_num
+    while True:
+        start = line + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            line = reader.line_num
+            yield start, None, f"malformed CSV: {exc}"
+            continue
+        except UnicodeDecodeError:
+            raise ImportFileError(f"line {start}: not valid UTF-8") from None
+        line = reader.line_num
+        if not cells:
+            continue
+        if len(cells) != width:
+            yield start, None, f"expected {width} cells, found {len(cells)}"
+            continue
+        yield start, {h: csv_unescape(c) for h, c in zip(header, cells, strict=True)}, None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def iter_ndjson(stream: IO[bytes]) -> Iterator[Record]:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    for number, raw in enumerate(stream, start=1):
+        try:
+            text = decoder.decode(raw)
+        except UnicodeDecodeError:
+            yield number, None, "not valid UTF-8"
+            decoder.reset()
+            continue
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:
+            yield number, None, f"invalid JSON: {str(exc)[:120]}"
+            continue
+        yield number, obj, None
+
+
+def _load_batch_postgresql(rows: list[dict[str, Any]]) -> tuple[int, int]:
+    """COPY a batch into staging, then INSERT ... SELECT ... ON CONFLICT DO NOTHING."""
+    generated = [r for r in rows if r["id"] is None]
+    for row, low in zip(generated, services.next_low_bits(len(generated)), strict=True):
+        row["id"] = snowflake(row["started_at"], low)
+    gen_ids = {id(r) for r in generated}
+    cols = ", ".join(INSERT_COLUMNS)
+    with connection.cursor() as cur:
+        cur.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} "
+            f"(LIKE cdrs_cdr INCLUDING DEFAULTS, generated boolean NOT NULL DEFAULT false)"
+        )
+        cur.execute(f"TRUNCATE {_STAGING}")
+        raw = cur.connection.cursor()  # psycopg cursor: COPY
+        with raw.copy(f"COPY {_STAGING} ({cols}, generated) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([row[c] for c in INSERT_COLUMNS] + [id(row) in gen_ids])
+        created = 0
+        while True:
+            cur.execute(
+                f"INSERT INTO cdrs_cdr ({cols}) SELECT {cols} FROM {_STAGING} "
+                "ON CONFLICT DO NOTHING"
+            )
+            created += cur.rowcount
+            if not generated or created == len(rows):
+                break
+            # A generated id that collided with another CDR's id: not stored, and its
+            # natural key is not stored either. Give those rows fresh ids and insert again.
+            cur.execute(
+                f"DELETE FROM {_STAGING} s WHERE NOT s.generated OR EXISTS "
+                "(SELECT 1 FROM cdrs_cdr c WHERE c.natural_key = s.natural_key)"
+            )
+            cur.execute(f"SELECT count(*) FROM {_STAGING}")
+            collided = cur.fetchone()[0]
+            if collided == 0:
+                break
+            cur.execute(
+                f"UPDATE {_STAGING} SET id = ((id >> 22) << 22) | "
+                f"(nextval('{services.ID_SEQUENCE}') & 4194303)"
+            )
+    services.add_to_counter(created)
+    return created, len(rows) - created
+
+
+def _load_batch(rows: list[dict[str, Any]]) -> tuple[int, int]:
+    if connection.vendor == "postgresql":
+        return _load_batch_postgresql(rows)
+    result = services.cdr_ingest(rows)
+    return result.created, result.duplicates
+
+
+def import_file(
+    path: str,
+    *,
+    fmt: str | None = None,
+    strict: bool = True,
+    on_reject: Callable[[int, dict[str, str], Any], None] | None = None,
+    on_progress: Callable[[ImportStats, int, int | None], None] | None = None,
+    batch_rows: int = BATCH_ROWS,
+) -> ImportStats:
+    """Import one file. Strict: all or nothing. Lenient: valid rows, batch by batch."""
+    fmt = detect_format(path, fmt)
+    stream, counter, size = open_source(path)
+    stats = ImportStats()
+    started = time.monotonic()
+    records = iter_csv(stream) if fmt == "csv" else iter_ndjson(stream)
+    text_mode = fmt == "csv"
+    batch: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if batch and not (strict and stats.rejected):
+            with transaction.atomic():
+                created, duplicates = _load_batch(batch)
+            stats.created += created
+            stats.duplicates += duplicates
+        batch.clear()
+
+    try:
+        with transaction.atomic() if strict else contextlib.nullcontext():
+            for line, obj, error in records:
+                stats.read += 1
+                if error is None:
+                    try:
+                        batch.append(validate_cdr(obj, text=text_mode))
+                    except CdrInvalid as exc:
+                        error_map = exc.errors
+                    else:
+                        error_map = {}
+                else:
+                    error_map = {"record": error}
+                if error_map:
+                    stats.rejected += 1
+                    if len(stats.rejects) < 1000:
+                        stats.rejects.append((line, error_map))
+                    if on_reject:
+                        on_reject(line, error_map, obj)
+                if len(batch) >= batch_rows:
+                    flush()
+                    if on_progress:
+                        stats.seconds = time.monotonic() - started
+                        on_progress(stats, counter.count, size)
+            flush()
+            if strict and stats.rejected:
+                transaction.set_rollback(True)
+                stats.created = 0
+                stats.duplicates = 0
+    finally:
+        if path != "-":
+            stream.close()
+        stats.seconds = time.monotonic() - started
+    return stats

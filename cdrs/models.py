@@ -1,0 +1,161 @@
+"""CDRs and the API tokens that read and write them."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from cdrs import fields as spine
+
+
+def _choices(values: tuple[str, ...]) -> list[tuple[str, str]]:
+    return [(v, v or "(none)") for v in values]
+
+
+def _string(name: str) -> models.CharField:
+    limit = spine.FIELDS_BY_NAME[name].max_length
+    assert limit is not None
+    return models.CharField(max_length=limit, default="", blank=True)
+
+
+class Cdr(models.Model):
+    """One call detail record, as written by the PBX (one row per call leg).
+
+    The primary key is the 64-bit integer behind the public base64 id (see ``cdrs.ids``).
+    Strings are ``""`` when unknown, never NULL. Every limit and enum of the contract is a
+    database constraint, so no write path (API, import, admin, raw SQL) can store a CDR the
+    API could not have accepted.
+    """
+
+    id = models.BigIntegerField(primary_key=True)
+    caller = _string("caller")
+    caller_domain = _string("caller_domain")
+    caller_display_name = _string("caller_display_name")
+    callee = _string("callee")
+    callee_domain = _string("callee_domain")
+    callee_display_name = _string("callee_display_name")
+    started_at = models.DateTimeField()
+    rang_at = models.DateTimeField(null=True, blank=True)
+    answered_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField()
+    call_id = _string("call_id")
+    direction = models.CharField(max_length=32, choices=_choices(spine.DIRECTIONS))
+    end_reason = models.CharField(max_length=32, choices=_choices(spine.END_REASONS))
+    reroute_reason = models.CharField(
+        max_length=32, choices=_choices(spine.REROUTE_REASONS), default="", blank=True
+    )
+    status_code = models.IntegerField(default=0)
+    destination = _string("destination")
+    outbound_caller_id = _string("outbound_caller_id")
+    did_cid = _string("did_cid")
+    trunk = _string("trunk")
+    duration = models.IntegerField(default=0)
+    cost = models.DecimalField(
+        max_digits=spine.COST_MAX_DIGITS,
+        decimal_places=spine.COST_DECIMAL_PLACES,
+        null=True,
+        blank=True,
+    )
+    billed_account = _string("billed_account")
+    service_number = _string("service_number")
+    user_data = models.CharField(max_length=8192, default="", blank=True)
+    # 16-byte hash of (call_id, started_at, caller, callee): the natural key that recognises a
+    # re-sent CDR without an id. A hash, because a B-tree entry over the raw columns (up to
+    # ~6 KB of UTF-8) could exceed PostgreSQL's index row limit and fail the insert.
+    natural_key = models.UUIDField(editable=False)
+
+    class Meta:
+        db_table = "cdrs_cdr"
+        verbose_name = "CDR"
+        verbose_name_plural = "CDRs"
+        permissions = [("view_billing", "Can see cost and billed account of CDRs")]
+        indexes = [
+            # GET /api/cdrs default order: ORDER BY started_at DESC, id DESC LIMIT n, and the
+            # started_after/started_before window and started_at keyset cursors.
+            models.Index(fields=["-started_at", "-id"], name="cdr_started_id_idx"),
+            # filter caller eq '101' / ?caller=101, newest first.
+            models.Index(fields=["caller", "-started_at", "-id"], name="cdr_caller_started_idx"),
+            # filter callee eq '102' / ?callee=102, newest first.
+            models.Index(fields=["callee", "-started_at", "-id"], name="cdr_callee_started_idx"),
+            # ?call_id=... and the admin's "other legs of this call" link.
+            models.Index(fields=["call_id"], name="cdr_call_id_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["natural_key"], name="cdr_natural_key_uniq"),
+            models.CheckConstraint(
+                condition=Q(direction__in=spine.DIRECTIONS), name="cdr_direction_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(end_reason__in=spine.END_REASONS), name="cdr_end_reason_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(reroute_reason__in=spine.REROUTE_REASONS),
+                name="cdr_reroute_reason_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(status_code__gte=0, status_code__lte=spine.STATUS_CODE_MAX),
+                name="cdr_status_code_range",
+            ),
+            models.CheckConstraint(condition=Q(duration__gte=0), name="cdr_duration_nonneg"),
+            models.CheckConstraint(condition=Q(id__gte=1), name="cdr_id_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.caller} → {self.callee} at {self.started_at:%Y-%m-%d %H:%M:%S}"
+
+
+class CdrCounter(models.Model):
+    """Exact number of stored CDRs, kept in slots updated by every write path.
+
+    Serves the unfiltered ``count`` of GET /api/cdrs without a COUNT(*) over the whole
+    table. Writers add to one slot chosen at random in the same transaction as their
+    inserts, so concurrent writers rarely wait on each other; the count is ``SUM(rows)``.
+    """
+
+    slot = models.SmallIntegerField(primary_key=True)
+    rows = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "cdrs_counter"
+
+    def __str__(self) -> str:
+        return f"slot {self.slot}: {self.rows}"
+
+
+class ApiToken(models.Model):
+    """A Bearer token: scopes, optional SIP-domain limit and expiry; only a hash is stored.
+
+    The token a client sends is ``cdr_<prefix>_<secret>``. ``prefix`` is public and finds the
+    row; ``digest`` is HMAC-SHA256 of the whole token keyed with the server pepper, compared
+    in constant time. The plain token is shown once, when it is created.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100, blank=True, default="")
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    digest = models.CharField(max_length=64, editable=False)
+    scope_read = models.BooleanField("read scope", default=True)
+    scope_billing = models.BooleanField("billing scope", default=True)
+    scope_write = models.BooleanField("write scope", default=False)
+    # Lower-case SIP domains; empty list = every domain.
+    domains = models.JSONField(default=list, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        db_table = "cdrs_api_token"
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.prefix} ({self.user})"
+
+    @property
+    def scopes(self) -> list[str]:
+        names = [("read", self.scope_read), ("billing", self.scope_billing)]
+        names.append(("write", self.scope_write))
+        return [name for name, on in names if on]

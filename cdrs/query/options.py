@@ -1,0 +1,150 @@
+"""Turn untrusted list/export query strings into typed, validated options (no I/O).
+
+Every option is checked here; anything unknown, malformed or out of range raises
+``OptionError(option, message)``, which the API turns into 400 VALIDATE_FAILED.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db.models import Q
+
+from cdrs.query.cursor import CursorError, decode_cursor
+from cdrs.query.orderby import OrderbyError, OrderTerm, parse_orderby
+from cdrs.query.plain import PLAIN_FILTER_NAMES, CdrPlainFilterSet
+
+TOP_DEFAULT = 100
+TOP_MAX = 1000
+SEARCH_MAX = 200
+LIST_OPTIONS = ("top", "skip", "orderby", "filter", "search", "count", "cursor")
+EXPORT_OPTIONS = ("orderby", "filter", "search", "format")
+
+
+class OptionError(ValueError):
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"{option}: {message}")
+        self.option = option
+
+
+@dataclass
+class ListOptions:
+    """What GET /api/cdrs (or the export) was asked for, validated."""
+
+    top: int = TOP_DEFAULT
+    skip: int = 0
+    count: bool = True
+    order: tuple[OrderTerm, ...] = ()
+    where: Q = field(default_factory=Q)
+    plain: dict[str, Any] = field(default_factory=dict)  # validated FilterSet input
+    after: list[Any] | None = None  # keyset position from a cursor
+    fingerprint: str = ""
+    export_format: str = "ndjson"
+
+
+def _single(params: Mapping[str, list[str]], name: str) -> str | None:
+    values = params.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise OptionError(name, "given more than once")
+    return values[0]
+
+
+def _int(params: Mapping[str, list[str]], name: str, default: int, lo: int, hi: int) -> int:
+    raw = _single(params, name)
+    if raw is None:
+        return default
+    text = raw.strip()
+    if not text.lstrip("-").isdigit() or len(text) > 12:
+        raise OptionError(name, f"must be an integer between {lo} and {hi}")
+    value = int(text)
+    if not lo <= value <= hi:
+        raise OptionError(name, f"must be between {lo} and {hi}")
+    return value
+
+
+def _search_q(text: str) -> Q:
+    from cdrs.search import search_q  # the expression lives beside its index definition
+
+    if len(text) > SEARCH_MAX:
+        raise OptionError("search", f"at most {SEARCH_MAX} characters")
+    if any(ord(c) < 32 for c in text):
+        raise OptionError("search", "control characters are not allowed")
+    return search_q(text)
+
+
+def parse_list_options(
+    params: Mapping[str, list[str]], *, billing: bool, export: bool = False
+) -> ListOptions:
+    """Validate a query string (as a dict of lists) for the list or the export."""
+    allowed = EXPORT_OPTIONS if export else LIST_OPTIONS
+    for name in params:
+        if name not in allowed and name not in PLAIN_FILTER_NAMES:
+            raise OptionError(name[:40], "unknown query option")
+
+    opts = ListOptions()
+    if export:
+        fmt = _single(params, "format") or "ndjson"
+        if fmt not in ("csv", "ndjson"):
+            raise OptionError("format", "must be csv or ndjson")
+        opts.export_format = fmt
+    else:
+        opts.top = _int(params, "top", TOP_DEFAULT, 1, TOP_MAX)
+        opts.skip = _int(params, "skip", 0, 0, 2**31 - 1)
+        count = _single(params, "count")
+        if count not in (None, "true", "false"):
+            raise OptionError("count", "must be true or false")
+        opts.count = count != "false"
+
+    try:
+        opts.order = parse_orderby(_single(params, "orderby"))
+    except OrderbyError as exc:
+        raise OptionError("orderby", str(exc)) from exc
+
+    where = Q()
+    filter_text = _single(params, "filter")
+    if filter_text is not None:
+        from cdrs.query.filter import FilterError, compile_filter
+
+        try:
+            where &= compile_filter(filter_text, billing=billing)
+        except FilterError as exc:
+            raise OptionError("filter", str(exc)) from exc
+    search = _single(params, "search")
+    if search is not None and search != "":
+        where &= _search_q(search)
+    opts.where = where
+
+    plain_data = {name: _single(params, name) for name in PLAIN_FILTER_NAMES if name in params}
+    if plain_data:
+        form = CdrPlainFilterSet(data=plain_data).form
+        if not form.is_valid():
+            name, errors = next(iter(form.errors.items()))
+            raise OptionError(name, str(errors[0]))
+        opts.plain = plain_data
+
+    # The fingerprint binds a cursor to everything that decides which rows come in which
+    # order; top may change between pages.
+    identity = repr(
+        (
+            filter_text,
+            search,
+            sorted(plain_data.items()),
+            [str(t) for t in opts.order],
+        )
+    )
+    opts.fingerprint = hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+    cursor = None if export else _single(params, "cursor")
+    if cursor is not None:
+        if "skip" in params:
+            raise OptionError("cursor", "cannot be combined with skip")
+        try:
+            opts.after = decode_cursor(cursor, opts.fingerprint, opts.order)
+        except CursorError as exc:
+            raise OptionError("cursor", str(exc)) from exc
+    return opts

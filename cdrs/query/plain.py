@@ -1,0 +1,104 @@
+"""Plain query filters (beyond PortSIP), one django-filter FilterSet.
+
+django-filter gives typed parsing, readable errors and the OpenAPI parameters for free;
+each filter is AND-ed with the rest and with ``filter``/``search``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import django_filters
+from django import forms
+from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+
+from cdrs.fields import DIRECTIONS, DURATION_MAX, END_REASONS
+from cdrs.models import Cdr
+from cdrs.values import parse_rfc3339
+
+
+class Rfc3339Field(forms.Field):
+    default_error_messages = {
+        "invalid": "expected an RFC 3339 timestamp such as 2024-05-01T00:00:00Z"
+    }
+
+    def to_python(self, value: Any) -> datetime | None:
+        if value in (None, ""):
+            return None
+        try:
+            return parse_rfc3339(str(value))
+        except ValueError as exc:
+            raise forms.ValidationError(self.error_messages["invalid"], code="invalid") from exc
+
+
+@extend_schema_field(OpenApiTypes.DATETIME)
+class Rfc3339Filter(django_filters.Filter):
+    field_class = Rfc3339Field
+
+
+class StrictBooleanField(forms.Field):
+    default_error_messages = {"invalid": "expected true or false"}
+
+    def to_python(self, value: Any) -> bool | None:
+        if value in (None, ""):
+            return None
+        text = str(value).lower()
+        if text in ("true", "1"):
+            return True
+        if text in ("false", "0"):
+            return False
+        raise forms.ValidationError(self.error_messages["invalid"], code="invalid")
+
+
+@extend_schema_field(OpenApiTypes.BOOL)
+class AnsweredFilter(django_filters.Filter):
+    field_class = StrictBooleanField
+
+    def filter(self, qs: QuerySet[Cdr], value: bool | None) -> QuerySet[Cdr]:
+        if value is None:
+            return qs
+        return qs.filter(answered_at__isnull=not value)
+
+
+class IntegerFilter(django_filters.NumberFilter):
+    field_class = forms.IntegerField
+
+
+def _choice(values: tuple[str, ...]) -> django_filters.ChoiceFilter:
+    return django_filters.ChoiceFilter(choices=[(v, v) for v in values])
+
+
+class CdrPlainFilterSet(django_filters.FilterSet):
+    """``started_after``..``answered``: see API.md, "Plain filters"."""
+
+    started_after = Rfc3339Filter(
+        field_name="started_at", lookup_expr="gte", label="started_at ≥ (RFC 3339)"
+    )
+    started_before = Rfc3339Filter(
+        field_name="started_at", lookup_expr="lt", label="started_at < (RFC 3339)"
+    )
+    caller = django_filters.CharFilter(field_name="caller", max_length=256)
+    callee = django_filters.CharFilter(field_name="callee", max_length=256)
+    call_id = django_filters.CharFilter(field_name="call_id", max_length=1024)
+    direction = _choice(DIRECTIONS)
+    end_reason = _choice(END_REASONS)
+    trunk = django_filters.CharFilter(field_name="trunk", max_length=1024)
+    caller_domain = django_filters.CharFilter(field_name="caller_domain", max_length=1024)
+    callee_domain = django_filters.CharFilter(field_name="callee_domain", max_length=1024)
+    min_duration = IntegerFilter(
+        field_name="duration", lookup_expr="gte", min_value=0, max_value=DURATION_MAX
+    )
+    max_duration = IntegerFilter(
+        field_name="duration", lookup_expr="lte", min_value=0, max_value=DURATION_MAX
+    )
+    answered = AnsweredFilter(label="answered (true/false)")
+
+    class Meta:
+        model = Cdr
+        fields: list[str] = []
+
+
+PLAIN_FILTER_NAMES: tuple[str, ...] = tuple(CdrPlainFilterSet.base_filters)

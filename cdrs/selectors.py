@@ -1,0 +1,99 @@
+"""Every read of CDRs: scoping to the token, filtering, ordering, paging, counting.
+
+The only module that builds CDR querysets for the API and the export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import F, OrderBy, Q, QuerySet, Sum
+
+from cdrs.fields import visible_field_names
+from cdrs.models import ApiToken, Cdr, CdrCounter
+from cdrs.query.cursor import encode_cursor, keyset_q
+from cdrs.query.options import ListOptions
+from cdrs.query.orderby import OrderTerm
+from cdrs.query.plain import CdrPlainFilterSet
+
+
+@dataclass(frozen=True)
+class CdrPage:
+    rows: list[dict[str, Any]]
+    count: int
+    next_cursor: str | None
+
+
+def domain_q(token: ApiToken) -> Q:
+    """CDRs a domain-limited token may see (caller or callee domain in its set)."""
+    if not token.domains:
+        return Q()
+    domains = list(token.domains)
+    return Q(caller_domain__lower__in=domains) | Q(callee_domain__lower__in=domains)
+
+
+def cdrs_for_token(token: ApiToken) -> QuerySet[Cdr]:
+    """Every CDR the token may see."""
+    return Cdr.objects.filter(domain_q(token))
+
+
+def _order_by(order: tuple[OrderTerm, ...]) -> list[OrderBy]:
+    # NULLs last in both directions, on every database, so keyset cursors can rely on it.
+    terms = []
+    for t in order:
+        nulls = {"nulls_last": True} if t.nullable else {}
+        terms.append(F(t.field).desc(**nulls) if t.desc else F(t.field).asc(**nulls))
+    return terms
+
+
+def _filtered(token: ApiToken, options: ListOptions) -> QuerySet[Cdr]:
+    qs = cdrs_for_token(token).filter(options.where)
+    if options.plain:
+        qs = CdrPlainFilterSet(data=options.plain, queryset=qs).qs
+    return qs
+
+
+def _unfiltered(token: ApiToken, options: ListOptions) -> bool:
+    return not token.domains and not options.plain and not options.where
+
+
+def cdr_total() -> int:
+    """Number of stored CDRs from the counter slots (no COUNT(*) over the table)."""
+    return CdrCounter.objects.aggregate(n=Sum("rows"))["n"] or 0
+
+
+def cdr_list(token: ApiToken, options: ListOptions) -> CdrPage:
+    """One page of CDRs for GET /api/cdrs, with the count and the next cursor."""
+    qs = _filtered(token, options)
+    count = -1
+    if options.count:
+        count = cdr_total() if _unfiltered(token, options) else qs.count()
+    page_qs = qs
+    if options.after is not None:
+        page_qs = page_qs.filter(keyset_q(options.order, options.after))
+    fields = visible_field_names(billing=False)
+    page_qs = page_qs.order_by(*_order_by(options.order)).values(*fields)
+    offset = options.skip
+    rows = list(page_qs[offset : offset + options.top + 1])
+    next_cursor = None
+    if len(rows) > options.top:
+        rows = rows[: options.top]
+        next_cursor = encode_cursor(options.fingerprint, options.order, rows[-1])
+    return CdrPage(rows=rows, count=count, next_cursor=next_cursor)
+
+
+def cdr_get(token: ApiToken, cdr_id: int) -> dict[str, Any] | None:
+    """One CDR as a dict of the fields the token may see, or None (also outside its domains)."""
+    fields = visible_field_names(billing=token.scope_billing)
+    return cdrs_for_token(token).filter(pk=cdr_id).values(*fields).first()
+
+
+def cdr_export_rows(
+    token: ApiToken, options: ListOptions, *, chunk_size: int = 2000
+) -> Iterator[dict[str, Any]]:
+    """Every matching CDR, streamed (server-side cursor on PostgreSQL)."""
+    fields = visible_field_names(billing=token.scope_billing)
+    qs = _filtered(token, options).order_by(*_order_by(options.order)).values(*fields)
+    return qs.iterator(chunk_size=chunk_size)

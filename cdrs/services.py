@@ -1,0 +1,152 @@
+"""Every write of CDRs: ingest (API and import), id assignment, de-duplication, counting."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import secrets
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connection, transaction
+
+from cdrs.ids import LOW_MASK, snowflake
+from cdrs.validation import INSERT_COLUMNS
+
+COUNTER_SLOTS = 16
+ID_SEQUENCE = "cdrs_cdr_id_low_seq"
+_INSERT_CHUNK = 500  # rows per INSERT statement (SQLite allows 32766 parameters)
+
+# SQLite has no sequences: a per-process counter from a random start. The primary key still
+# guarantees uniqueness; a collision is detected and the CDR gets a fresh id (see below).
+_local_counter = itertools.count(secrets.randbits(22) ^ (os.getpid() << 8))
+_local_lock = threading.Lock()
+
+
+def next_low_bits(n: int) -> list[int]:
+    """``n`` values for the 22 low bits of snowflake ids, unique across processes and hosts."""
+    if n <= 0:
+        return []
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cur:
+            cur.execute(f"SELECT nextval('{ID_SEQUENCE}') FROM generate_series(1, %s)", [n])
+            return [row[0] & LOW_MASK for row in cur.fetchall()]
+    with _local_lock:
+        return [next(_local_counter) & LOW_MASK for _ in range(n)]
+
+
+def add_to_counter(delta: int) -> None:
+    """Add ``delta`` to a random counter slot, inside the caller's transaction."""
+    if delta == 0:
+        return
+    slot = random.randrange(COUNTER_SLOTS)
+    with connection.cursor() as cur:
+        cur.execute(
+            "INSERT INTO cdrs_counter (slot, rows) VALUES (%s, %s) "
+            "ON CONFLICT (slot) DO UPDATE SET rows = cdrs_counter.rows + excluded.rows",
+            [slot, delta],
+        )
+
+
+@dataclass
+class IngestResult:
+    created: int = 0
+    duplicates: int = 0
+    ids: list[int] = field(default_factory=list)
+
+
+def _insert_rows(rows: Sequence[dict[str, Any]]) -> set[int]:
+    """INSERT ... ON CONFLICT DO NOTHING; returns the ids that were inserted."""
+    from cdrs.models import Cdr
+
+    inserted: set[int] = set()
+    cols = ", ".join(INSERT_COLUMNS)
+    one = "(" + ", ".join(["%s"] * len(INSERT_COLUMNS)) + ")"
+    # The fields' own adapters: datetimes, UUIDs and decimals as each backend stores them.
+    model_fields = [Cdr._meta.get_field(c) for c in INSERT_COLUMNS]
+    with connection.cursor() as cur:
+        for start in range(0, len(rows), _INSERT_CHUNK):
+            chunk = rows[start : start + _INSERT_CHUNK]
+            params: list[Any] = []
+            for row in chunk:
+                params.extend(
+                    f.get_db_prep_save(row[f.name], connection)  # type: ignore[union-attr]
+                    for f in model_fields
+                )
+            cur.execute(
+                f"INSERT INTO cdrs_cdr ({cols}) VALUES {', '.join([one] * len(chunk))} "
+                "ON CONFLICT DO NOTHING RETURNING id",
+                params,
+            )
+            inserted.update(r[0] for r in cur.fetchall())
+    return inserted
+
+
+def _stored_ids(rows: Sequence[dict[str, Any]]) -> tuple[dict[int, bool], dict[Any, int]]:
+    """Which given ids exist, and the stored id of each natural key that exists."""
+    from cdrs.models import Cdr
+
+    ids = [r["id"] for r in rows]
+    keys = [r["natural_key"] for r in rows]
+    by_id = {i: True for i in Cdr.objects.filter(pk__in=ids).values_list("pk", flat=True)}
+    by_key = dict(Cdr.objects.filter(natural_key__in=keys).values_list("natural_key", "pk"))
+    return by_id, by_key
+
+
+def cdr_ingest(rows: list[dict[str, Any]]) -> IngestResult:
+    """Store validated CDRs (from ``validate_cdr``), all-or-nothing, skipping duplicates.
+
+    A CDR is a duplicate when its id, or (without an id) its natural key, is already stored
+    or came earlier in the same batch. Unique constraints decide, so concurrent senders of
+    the same CDR store exactly one row. ``ids`` are in input order; a duplicate gets the id of
+    the stored CDR.
+    """
+    result = IngestResult(ids=[0] * len(rows))
+    with transaction.atomic():
+        pending = list(range(len(rows)))
+        generated = {i for i in pending if rows[i]["id"] is None}
+        for i, low in zip(sorted(generated), next_low_bits(len(generated)), strict=True):
+            rows[i]["id"] = snowflake(rows[i]["started_at"], low)
+        for _attempt in range(5):
+            # First occurrence of each id / natural key in the batch goes to the database.
+            first_by_id: dict[int, int] = {}
+            first_by_key: dict[Any, int] = {}
+            to_insert: list[int] = []
+            for i in pending:
+                row = rows[i]
+                if row["id"] in first_by_id or row["natural_key"] in first_by_key:
+                    continue
+                first_by_id[row["id"]] = i
+                first_by_key[row["natural_key"]] = i
+                to_insert.append(i)
+            inserted = _insert_rows([rows[i] for i in to_insert])
+            first_set = set(to_insert)
+            by_id, by_key = _stored_ids([rows[i] for i in pending])
+            retry: list[int] = []
+            for i in pending:
+                row = rows[i]
+                if i in first_set and row["id"] in inserted:
+                    result.created += 1
+                    result.ids[i] = row["id"]
+                elif row["natural_key"] in by_key:
+                    result.duplicates += 1
+                    result.ids[i] = by_key[row["natural_key"]]
+                elif i not in generated and row["id"] in by_id:
+                    result.duplicates += 1
+                    result.ids[i] = row["id"]
+                else:
+                    # A generated id collided with another CDR's id: draw a new one.
+                    retry.append(i)
+            if not retry:
+                break
+            low_bits = next_low_bits(len(retry))
+            for i, low in zip(retry, low_bits, strict=True):
+                rows[i]["id"] = snowflake(rows[i]["started_at"], low)
+            pending = retry
+        else:  # pragma: no cover - needs five collisions in a row
+            raise RuntimeError("could not assign unique ids")
+        add_to_counter(result.created)
+    return result

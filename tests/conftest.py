@@ -1,0 +1,55 @@
+"""Fixtures: an HTTP client with a real Bearer token minted per test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from cdrs.tokens import mint_token
+
+
+class ApiClient(Client):
+    """Django's test client with a real token in every request's Authorization header."""
+
+    def __init__(self, plain_token: str | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.plain_token = plain_token
+        if plain_token is not None:
+            self.defaults["HTTP_AUTHORIZATION"] = f"Bearer {plain_token}"
+
+
+@pytest.fixture
+def api_client(db: None) -> Callable[..., ApiClient]:
+    """``api_client(scopes=("read",), domains=())`` -> a client with a freshly minted token."""
+
+    def make(
+        scopes: tuple[str, ...] = ("read", "billing", "write"),
+        domains: tuple[str, ...] = (),
+        username: str = "integrator",
+        expires_in_days: int | None = None,
+    ) -> ApiClient:
+        minted = mint_token(
+            username=username,
+            scopes=scopes,
+            domains=domains,
+            expires_in_days=expires_in_days,
+        )
+        client = ApiClient(minted.plain)
+        client.token = minted.token  # type: ignore[attr-defined]
+        return client
+
+    return make
+
+
+@pytest.fixture
+def client_ro(api_client: Callable[..., ApiClient]) -> ApiClient:
+    """A read-only token (no billing, no write)."""
+    return api_client(scopes=("read",))
+
+
+@pytest.fixture
+def client_full(api_client: Callable[..., ApiClient]) -> ApiClient:
+    return api_client(scopes=("read", "billing", "write"))

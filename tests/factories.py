@@ -1,0 +1,61 @@
+"""Test data through the real write path (validate_cdr + cdr_ingest): no hand-made rows."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cdrs.generator import generate_cdrs
+from cdrs.services import cdr_ingest
+from cdrs.validation import validate_cdr
+from cdrs.values import format_ts
+
+_seq = itertools.count(1)
+
+
+def cdr_payload(**overrides: Any) -> dict[str, Any]:
+    """A valid wire-form CDR; every call gives a distinct call_id."""
+    n = next(_seq)
+    default_start = datetime(2024, 5, 1, 12, 0, tzinfo=UTC) + timedelta(minutes=n)
+    started = overrides.pop("started", default_start)
+    payload: dict[str, Any] = {
+        "caller": "101",
+        "caller_domain": "pbx.example.com",
+        "caller_display_name": "Alice",
+        "callee": "102",
+        "callee_domain": "pbx.example.com",
+        "callee_display_name": "Bob",
+        "started_at": format_ts(started),
+        "rang_at": format_ts(started + timedelta(seconds=1)),
+        "answered_at": format_ts(started + timedelta(seconds=5)),
+        "ended_at": format_ts(started + timedelta(seconds=65)),
+        "call_id": f"call-{n}@pbx.example.com",
+        "direction": "EXTENSION_CALL",
+        "end_reason": "CALLER_DISCONNECTED",
+        "reroute_reason": "",
+        "status_code": 200,
+        "destination": "102",
+        "outbound_caller_id": "",
+        "did_cid": "",
+        "trunk": "",
+        "duration": 60,
+        "service_number": "",
+        "user_data": "",
+    }
+    payload.update(overrides)
+    return payload
+
+
+def create_cdrs(*payloads: dict[str, Any]) -> list[int]:
+    """Store CDRs through the ingest service; returns their integer ids in order."""
+    return cdr_ingest([validate_cdr(dict(p)) for p in payloads]).ids
+
+
+def create_cdr(**overrides: Any) -> int:
+    return create_cdrs(cdr_payload(**overrides))[0]
+
+
+def create_generated(rows: int, seed: int = 7) -> list[int]:
+    """``rows`` realistic CDRs from the project's generator."""
+    return create_cdrs(*generate_cdrs(rows, seed=seed))
