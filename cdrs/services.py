@@ -13,6 +13,7 @@ from typing import Any
 
 from django.db import connection, transaction
 
+from cdrs import metrics
 from cdrs.ids import LOW_MASK, snowflake
 from cdrs.validation import INSERT_COLUMNS
 
@@ -49,6 +50,7 @@ def add_to_counter(delta: int) -> None:
             "ON CONFLICT (slot) DO UPDATE SET rows = cdrs_counter.rows + excluded.rows",
             [slot, delta],
         )
+    metrics.count_ingested(delta)  # cdr_cdrs_ingested_total, on commit
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +10,21 @@ import pytest
 from django.test import Client
 
 from cdrs.tokens import mint_token
+
+
+def _on_postgresql() -> bool:
+    return os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``postgresql`` (EXPLAIN plans, COPY, row locks) only run against it."""
+    if _on_postgresql():
+        return
+    keep = [i for i in items if i.get_closest_marker("postgresql") is None]
+    dropped = [i for i in items if i.get_closest_marker("postgresql") is not None]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 class ApiClient(Client):
