@@ -221,11 +221,13 @@ def test_cursor_walk_ignores_rows_inserted_meanwhile(client_ro):
     create_cdrs(*[cdr_payload(started=T0 + timedelta(minutes=i)) for i in range(25)])
     expected = ids_of(get(client_ro, top=1000)[1])
     status, data = get(client_ro, top=10)
+    assert status == 200
     seen = ids_of(data)
     while data["next_cursor"]:
         # A newer CDR arrives between pages: it belongs before the walk's start.
         create_cdrs(cdr_payload(started=T0 + timedelta(days=5)))
         status, data = get(client_ro, top=10, cursor=data["next_cursor"])
+        assert status == 200
         seen += ids_of(data)
     assert seen == expected
 
@@ -253,4 +255,5 @@ def test_next_cursor_is_null_on_the_last_page(client_ro):
 def test_filtered_count_is_exact(client_ro):
     create_generated(80, seed=2)
     status, data = get(client_ro, filter="direction eq 'INBOUND_CALL'", top=1)
+    assert status == 200
     assert data["count"] == Cdr.objects.filter(direction="INBOUND_CALL").count()
