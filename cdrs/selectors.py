@@ -64,19 +64,25 @@ def cdr_total() -> int:
     return CdrCounter.objects.aggregate(n=Sum("rows"))["n"] or 0
 
 
+def cdr_page_queryset(token: ApiToken, options: ListOptions) -> QuerySet[Cdr, dict[str, Any]]:
+    """The query behind one list page: one row more than ``top`` tells if another follows."""
+    qs = _filtered(token, options)
+    if options.after is not None:
+        qs = qs.filter(keyset_q(options.order, options.after))
+    fields = visible_field_names(billing=False)
+    qs = qs.order_by(*_order_by(options.order)).values(*fields)
+    return qs[options.skip : options.skip + options.top + 1]
+
+
 def cdr_list(token: ApiToken, options: ListOptions) -> CdrPage:
     """One page of CDRs for GET /api/cdrs, with the count and the next cursor."""
-    qs = _filtered(token, options)
     count = -1
     if options.count:
-        count = cdr_total() if _unfiltered(token, options) else qs.count()
-    page_qs = qs
-    if options.after is not None:
-        page_qs = page_qs.filter(keyset_q(options.order, options.after))
-    fields = visible_field_names(billing=False)
-    page_qs = page_qs.order_by(*_order_by(options.order)).values(*fields)
-    offset = options.skip
-    rows = list(page_qs[offset : offset + options.top + 1])
+        if _unfiltered(token, options):
+            count = cdr_total()
+        else:
+            count = _filtered(token, options).count()
+    rows = list(cdr_page_queryset(token, options))
     next_cursor = None
     if len(rows) > options.top:
         rows = rows[: options.top]
