@@ -78,10 +78,8 @@ def cdr_list(token: ApiToken, options: ListOptions) -> CdrPage:
     """One page of CDRs for GET /api/cdrs, with the count and the next cursor."""
     count = -1
     if options.count:
-        if _unfiltered(token, options):
-            count = cdr_total()
-        else:
-            count = _filtered(token, options).count()
+        unfiltered = _unfiltered(token, options)
+        count = cdr_total() if unfiltered else _filtered(token, options).count()
     rows = list(cdr_page_queryset(token, options))
     next_cursor = None
     if len(rows) > options.top:

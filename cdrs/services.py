@@ -94,7 +94,8 @@ def _stored_ids(rows: Sequence[dict[str, Any]]) -> tuple[dict[int, bool], dict[A
     ids = [r["id"] for r in rows]
     keys = [r["natural_key"] for r in rows]
     by_id = {i: True for i in Cdr.objects.filter(pk__in=ids).values_list("pk", flat=True)}
-    by_key = dict(Cdr.objects.filter(natural_key__in=keys).values_list("natural_key", "pk"))
+    stored = Cdr.objects.filter(natural_key__in=keys).values_list("natural_key", "pk")
+    by_key = {key.hex: pk for key, pk in stored}
     return by_id, by_key
 
 

@@ -8,7 +8,6 @@ serializer used for the OpenAPI schema is generated from the same spine (cdrs.ap
 from __future__ import annotations
 
 import hashlib
-import uuid
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -38,13 +37,14 @@ class CdrInvalid(ValueError):
         self.errors = errors
 
 
-def natural_key(call_id: str, started_at: datetime, caller: str, callee: str) -> uuid.UUID:
-    """Hash of the fields that recognise a re-sent CDR without an id.
+def natural_key(call_id: str, started_at: datetime, caller: str, callee: str) -> str:
+    """Hash (32 hex digits, stored as a UUID) of the fields that recognise a re-sent CDR.
 
     Validated strings never contain NUL, so NUL separators make the encoding unambiguous.
+    Hex rather than uuid.UUID: building UUID objects was a quarter of import validation.
     """
     raw = "\0".join((call_id, started_at.isoformat(), caller, callee)).encode()
-    return uuid.UUID(bytes=hashlib.blake2b(raw, digest_size=16).digest())
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
 def _string(f: CdrField, value: Any, text: bool) -> str:
@@ -132,7 +132,13 @@ _CHECKERS = {
     Kind.INTEGER: _integer,
     Kind.DECIMAL: _decimal,
 }
-_FIELDS_NO_ID = tuple(f for f in CDR_FIELDS if f.kind is not Kind.ID)
+_KNOWN = frozenset(FIELDS_BY_NAME)
+# (name, is_string, max_length, checker, field) for every field but id, in spine order.
+_PLAN = tuple(
+    (f.name, f.kind is Kind.STRING, f.max_length or 0, _CHECKERS[f.kind], f)
+    for f in CDR_FIELDS
+    if f.kind is not Kind.ID
+)
 
 
 def validate_cdr(obj: Any, *, text: bool = False) -> dict[str, Any]:
@@ -144,8 +150,8 @@ def validate_cdr(obj: Any, *, text: bool = False) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise CdrInvalid({"item": "must be a JSON object"})
     errors: dict[str, str] = {}
-    for key in obj:
-        if key not in FIELDS_BY_NAME:
+    if obj.keys() - _KNOWN:
+        for key in obj.keys() - _KNOWN:
             errors[str(key)[:64]] = "unknown field"
     row: dict[str, Any] = {}
     raw_id = obj.get("id")
@@ -158,15 +164,20 @@ def validate_cdr(obj: Any, *, text: bool = False) -> dict[str, Any]:
             row["id"] = decode_id(raw_id)
         except InvalidId:
             errors["id"] = "must be a public CDR id (base64 of a positive 64-bit decimal)"
-    for f in _FIELDS_NO_ID:
-        value = obj.get(f.name)
-        if value is None and f.required and f.name not in obj:
-            errors[f.name] = "is required"
+    get = obj.get
+    for name, is_string, limit, checker, f in _PLAN:
+        value = get(name)
+        # Inline fast path for valid strings (most fields): import validates ~10^5 rows/s.
+        if is_string and type(value) is str and len(value) <= limit and "\x00" not in value:
+            row[name] = value
+            continue
+        if value is None and f.required and name not in obj:
+            errors[name] = "is required"
             continue
         try:
-            row[f.name] = _CHECKERS[f.kind](f, value, text)
+            row[name] = checker(f, value, text)
         except ValueError as exc:
-            errors[f.name] = str(exc)
+            errors[name] = str(exc)
     if errors:
         raise CdrInvalid(errors)
     row["natural_key"] = natural_key(
