@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Lower
 
 from cdrs import fields as spine
 
@@ -80,6 +81,10 @@ class Cdr(models.Model):
             models.Index(fields=["callee", "-started_at", "-id"], name="cdr_callee_started_idx"),
             # ?call_id=... and the admin's "other legs of this call" link.
             models.Index(fields=["call_id"], name="cdr_call_id_idx"),
+            # Domain-limited tokens: WHERE lower(caller_domain) IN (...) OR
+            # lower(callee_domain) IN (...), as a BitmapOr of these two.
+            models.Index(Lower("caller_domain"), name="cdr_caller_domain_lower_idx"),
+            models.Index(Lower("callee_domain"), name="cdr_callee_domain_lower_idx"),
         ]
         constraints = [
             models.UniqueConstraint(fields=["natural_key"], name="cdr_natural_key_uniq"),
