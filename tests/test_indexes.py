@@ -52,7 +52,7 @@ def test_list_queries_use_indexes_not_sequential_scans(big_table):
     }
     # A page 150,000 rows deep, by cursor: fetch its position once, then explain the page.
     options = parse_list_options({"top": ["1"], "skip": ["150000"]}, billing=False)
-    deep_row = list(cdr_page_queryset(token, options))[0]
+    deep_row = next(iter(cdr_page_queryset(token, options)))
     from cdrs.query.cursor import encode_cursor
 
     cursor = encode_cursor(options.fingerprint, options.order, deep_row)
