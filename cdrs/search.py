@@ -12,7 +12,6 @@ from typing import Any
 
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import CharField, F, Func, Q, Value
-from django.db.models.functions import Upper
 from django.db.models.lookups import Contains
 from django.db.models.sql.compiler import SQLCompiler
 
@@ -46,6 +45,25 @@ SEARCH_INDEX_SQL = (
 )
 
 
+class SearchTerm(Func):
+    """UPPER(term), folded exactly like the document.
+
+    On PostgreSQL the searched columns use the "C" collation, whose UPPER() folds ASCII
+    only; the term must be folded the same way or 'García' would never match itself.
+    """
+
+    template = "UPPER(%(expressions)s)"
+    output_field = CharField()
+
+    def __init__(self, text: str) -> None:
+        super().__init__(Value(text, output_field=CharField()))
+
+    def as_postgresql(
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra: Any
+    ) -> Any:
+        return self.as_sql(compiler, connection, template='UPPER(%(expressions)s COLLATE "C")')
+
+
 def search_q(text: str) -> Q:
-    """Case-insensitive substring match of ``text`` in any searchable field."""
-    return Q(Contains(SearchDocument(), Upper(Value(text, output_field=CharField()))))
+    """Substring match of ``text`` in any searchable field, ignoring ASCII letter case."""
+    return Q(Contains(SearchDocument(), SearchTerm(text)))

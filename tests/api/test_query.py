@@ -107,6 +107,8 @@ def test_search_is_case_insensitive_substring_over_the_contract_fields(client_ro
     assert ids_of(get(client_ro, search="5123")[1]) == [encode_id(ids[1])]
     assert ids_of(get(client_ro, search="xyz-7")[1]) == [encode_id(ids[2])]
     assert get(client_ro, search="100%")[1]["count"] == 0  # % is literal, not a wildcard
+    ids_accented = create_cdrs(cdr_payload(caller_display_name="José García"))
+    assert ids_of(get(client_ro, search="garcía")[1]) == [encode_id(ids_accented[0])]
     assert error_message(client_ro, search="a\nb").startswith("search:")
 
 
