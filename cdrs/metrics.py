@@ -13,9 +13,12 @@ ids in paths never become labels. For a streamed export, duration and queries co
 until the response starts.
 
 gunicorn runs several worker processes, each with its own counters. With
-``PROMETHEUS_MULTIPROC_DIR`` set (a writable, empty directory, emptied at each server start)
-every worker writes its values there and /metrics adds them up, whichever worker answers;
-without it /metrics shows only the answering worker's own numbers. ``CDR_METRICS=false``
+``PROMETHEUS_MULTIPROC_DIR`` set (a directory for this service alone, created if missing)
+every process writes its values to files there and /metrics adds them up, whichever worker
+answers; without it /metrics shows only the answering worker's own numbers. A process that
+exits (gunicorn recycles workers every GUNICORN_MAX_REQUESTS) folds its files into one
+archive per metric type, so the directory and the scrape stay small; emptying the directory
+while the service is stopped restarts the counters from zero. ``CDR_METRICS=false``
 turns all of it off (/metrics is then 404). /metrics needs no token but answers only clients
 in ``CDR_METRICS_ALLOW`` (comma-separated IPs or CIDR networks; default: loopback and
 private ranges); everyone else gets 404. A request forwarded by a proxy is allowed only when
@@ -25,6 +28,9 @@ public traffic relayed by a local proxy does not get in.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import fcntl
 import functools
 import ipaddress
 import os
@@ -38,12 +44,56 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+
+
+def fold_into_archive(directory: str, pid: int) -> None:
+    """Merge process ``pid``'s counter and histogram files into ``<type>_archive.db``.
+
+    Run at exit by every process in multiprocess mode. Without it each recycled gunicorn
+    worker leaves its files behind and every scrape reads all of them (thousands within days
+    at the default GUNICORN_MAX_REQUESTS). The new archive replaces the old one atomically
+    and the process's own file goes right after, so a scrape sees each count once.
+    """
+    with open(os.path.join(directory, "archive.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # processes exiting together take turns
+        for kind in ("counter", "histogram"):
+            own = os.path.join(directory, f"{kind}_{pid}.db")
+            if not os.path.exists(own):
+                continue
+            archive = os.path.join(directory, f"{kind}_archive.db")
+            totals: dict[str, list[float]] = {}
+            for path in (archive, own):
+                if os.path.exists(path):
+                    for key, value, stamp, _ in MmapedDict.read_all_values_from_file(path):
+                        total = totals.setdefault(key, [0.0, 0.0])
+                        total[0] += value
+                        total[1] = max(total[1], stamp)
+            staging = os.path.join(directory, f"{kind}_archive.tmp")  # not *.db: never read
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(staging)
+            merged = MmapedDict(staging)
+            try:
+                for key, (value, stamp) in totals.items():
+                    merged.write_value(key, value, stamp)
+            finally:
+                merged.close()
+            os.replace(staging, archive)
+            os.remove(own)
+
+
+def _fold_at_exit() -> None:
+    with contextlib.suppress(OSError):
+        fold_into_archive(MULTIPROC_DIR, os.getpid())
+
+
 if MULTIPROC_DIR:
     # Values are memory-mapped files in there from the first metric on.
     os.makedirs(MULTIPROC_DIR, exist_ok=True)
+    atexit.register(_fold_at_exit)  # os.getpid() at exit: right in forked workers too
 
 DEFAULT_ALLOW = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -225,6 +275,10 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     if request.method not in ("GET", "HEAD"):
         return HttpResponseNotAllowed(["GET", "HEAD"])
     encoder, content_type = choose_encoder(request.META.get("HTTP_ACCEPT", ""))
-    response = HttpResponse(encoder(_registry()), content_type=content_type)
+    try:
+        body = encoder(_registry())
+    except FileNotFoundError:  # a worker's file folded away between listing and reading it
+        body = encoder(_registry())
+    response = HttpResponse(body, content_type=content_type)
     response["Cache-Control"] = "no-store"
     return response

@@ -44,6 +44,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "cdrs.middleware.RequestLogMiddleware",
+    "cdrs.metrics.MetricsMiddleware",  # metrics; not loaded when CDR_METRICS=false
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -102,6 +103,10 @@ STORAGES = {
 if DEBUG:
     STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
 
+# Messages travel in a signed cookie, never the session table: the admin shows a new
+# token's secret once as a message, and it must not be written to the database.
+MESSAGE_STORAGE = "django.contrib.messages.storage.cookie.CookieStorage"
+
 # Request bodies: a 1000-CDR ingest batch is well under this; larger is a 413.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("CDR_MAX_BODY_BYTES", 8 * 1024 * 1024)
 
@@ -132,6 +137,8 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "cdrs.api.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
+    # `format` is the export's own option (csv|ndjson), not DRF's renderer override.
+    "URL_FORMAT_OVERRIDE": None,
 }
 
 SPECTACULAR_SETTINGS = {
@@ -150,6 +157,9 @@ SPECTACULAR_SETTINGS = {
 CDR_TOKEN_CACHE_SECONDS = env_int("CDR_TOKEN_CACHE_SECONDS", 10)
 # last_used_at is written at most this often per token.
 CDR_TOKEN_LAST_USED_INTERVAL = 60
+
+# --- metrics: Prometheus at /metrics (cdrs/metrics.py; CDR_METRICS_ALLOW limits who reads it) ---
+CDR_METRICS = env_bool("CDR_METRICS", True)
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOGGING = {
