@@ -127,14 +127,21 @@ def cdr_ingest(rows: list[dict[str, Any]]) -> IngestResult:
                 to_insert.append(i)
             inserted = _insert_rows([rows[i] for i in to_insert])
             first_set = set(to_insert)
-            by_id, by_key = _stored_ids([rows[i] for i in pending])
-            retry: list[int] = []
+            not_created: list[int] = []
             for i in pending:
-                row = rows[i]
-                if i in first_set and row["id"] in inserted:
+                if i in first_set and rows[i]["id"] in inserted:
                     result.created += 1
-                    result.ids[i] = row["id"]
-                elif row["natural_key"] in by_key:
+                    result.ids[i] = rows[i]["id"]
+                else:
+                    not_created.append(i)
+            if not not_created:
+                break
+            # Only rows that were not stored need a look at what is (the common case: none).
+            by_id, by_key = _stored_ids([rows[i] for i in not_created])
+            retry: list[int] = []
+            for i in not_created:
+                row = rows[i]
+                if row["natural_key"] in by_key:
                     result.duplicates += 1
                     result.ids[i] = by_key[row["natural_key"]]
                 elif i not in generated and row["id"] in by_id:
