@@ -45,4 +45,7 @@ def _encode(obj: Any) -> bytes:
 
 def dumps(obj: Any) -> bytes:
     """JSON bytes for ``obj``; Decimals become numbers with their exact digits."""
-    return _encode(obj)
+    try:
+        return orjson.dumps(obj, option=_OPTS)  # orjson refuses Decimal: then the slow path
+    except TypeError:
+        return _encode(obj)

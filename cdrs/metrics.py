@@ -56,7 +56,8 @@ def fold_into_archive(directory: str, pid: int) -> None:
     Run at exit by every process in multiprocess mode. Without it each recycled gunicorn
     worker leaves its files behind and every scrape reads all of them (thousands within days
     at the default GUNICORN_MAX_REQUESTS). The new archive replaces the old one atomically
-    and the process's own file goes right after, so a scrape sees each count once.
+    and the process's own file goes right after: only a scrape that falls between those two
+    system calls could count that process twice.
     """
     with open(os.path.join(directory, "archive.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # processes exiting together take turns

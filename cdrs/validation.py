@@ -67,7 +67,9 @@ def _timestamp(f: CdrField, value: Any, text: bool) -> datetime | None:
         return None
     if not isinstance(value, str):
         raise ValueError("must be an RFC 3339 timestamp string")
-    return parse_rfc3339(value)
+    # Stored in whole seconds, the precision the contract renders: what a client sees is
+    # exactly what filters, orders and de-duplicates.
+    return parse_rfc3339(value).replace(microsecond=0)
 
 
 def _enum(f: CdrField, value: Any, text: bool) -> str:

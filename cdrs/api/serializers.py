@@ -7,23 +7,18 @@ cannot drift apart.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from rest_framework import serializers
 
 from cdrs.fields import CDR_FIELDS, CdrField, Kind
 from cdrs.ids import encode_id
-from cdrs.values import format_ts
 
 
 def cdr_item(row: dict[str, Any]) -> dict[str, Any]:
-    """The wire form of a CDR row: public id, RFC 3339 Z timestamps, exact decimal cost."""
+    """The wire form of a row from ``selectors`` (timestamps already RFC 3339 text)."""
     item = dict(row)
     item["id"] = encode_id(row["id"])
-    for name in ("started_at", "rang_at", "answered_at", "ended_at"):
-        value: datetime | None = row[name]
-        item[name] = format_ts(value)
     return item
 
 
