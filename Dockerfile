@@ -1,7 +1,8 @@
 # cdrservice image: gunicorn on :8887, static files collected, running as a non-root user.
 #   docker build -t cdrservice .
-# Configuration comes from the environment (see .env.example); docker-compose.yml runs it
-# with PostgreSQL and applies migrations before starting.
+# Configuration comes from the environment (see .env.example): SECRET_KEY and DATABASE_URL
+# at least (the code directory is read-only for the service, so no SQLite file in it).
+# docker-compose.yml runs it with PostgreSQL and applies migrations before starting.
 
 # --- builder: wheels for every pinned requirement, installed into a venv ---
 FROM python:3.11-slim AS builder

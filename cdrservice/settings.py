@@ -150,6 +150,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "cdrs.api.schema.strip_trailing_slashes",
+    ],
+    # The schema and the docs page are public: a browser cannot send a Bearer header when
+    # it opens /api/docs. API calls made from the page still need a token ("Authorize").
+    "SERVE_AUTHENTICATION": [],
 }
 
 # Seconds an authenticated token is remembered per worker process (saves one query per

@@ -57,3 +57,13 @@ def test_health_endpoints_need_no_auth():
     response = Client().get("/readyz")
     assert response.status_code == 200
     assert orjson.loads(response.content) == {"status": "ready"}
+
+
+def test_schema_and_docs_are_public_while_the_api_is_not():
+    client = Client()
+    schema = client.get("/api/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert schema.status_code == 200
+    paths = orjson.loads(schema.content)["paths"]
+    assert {"/api/cdrs", "/api/cdrs/{id}", "/api/cdrs/export"} <= set(paths)
+    assert client.get("/api/docs").status_code == 200
+    assert client.get("/api/cdrs").status_code == 401
