@@ -1,51 +1,34 @@
-"""JSON encoding with exact decimals: orjson for speed, Decimal written as its digits.
+"""JSON encoding with exact decimals, at orjson speed.
 
 orjson (and the stdlib) can only write a Decimal through a float or as a string; the
-contract wants ``cost`` as a JSON number with its exact stored digits. Values that hold a
-Decimal are rare (the detail and export only), so those containers are assembled by hand
-and everything else goes straight to orjson.
+contract wants ``cost`` as a JSON number with its exact stored digits. So a Decimal is
+written as a marked string (NUL + "DEC:" + its digits) and the quotes and mark are then
+taken off. The mark cannot come from data: stored strings never contain NUL (validation
+rejects it; PostgreSQL cannot store it), and the pattern only matches a whole string value.
 """
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
 _OPTS = orjson.OPT_NON_STR_KEYS
+_MARK = "\x00DEC:"
+_MARKED = re.compile(rb'(?<=[:,\[])"\\u0000DEC:(-?[0-9]+(?:\.[0-9]+)?)"')
 
 
-def _has_decimal(obj: Any) -> bool:
-    if isinstance(obj, Decimal):
-        return True
-    if isinstance(obj, dict):
-        return any(_has_decimal(v) for v in obj.values())
-    if isinstance(obj, list | tuple):
-        return any(_has_decimal(v) for v in obj)
-    return False
-
-
-def _encode(obj: Any) -> bytes:
-    if isinstance(obj, Decimal):
-        if not obj.is_finite():
-            raise TypeError("non-finite decimal")
-        return format(obj, "f").encode("ascii")
-    if isinstance(obj, dict):
-        if not _has_decimal(obj):
-            return orjson.dumps(obj, option=_OPTS)
-        parts = [orjson.dumps(str(k)) + b":" + _encode(v) for k, v in obj.items()]
-        return b"{" + b",".join(parts) + b"}"
-    if isinstance(obj, list | tuple):
-        if not _has_decimal(obj):
-            return orjson.dumps(obj, option=_OPTS)
-        return b"[" + b",".join(_encode(v) for v in obj) + b"]"
-    return orjson.dumps(obj, option=_OPTS)
+def _default(value: Any) -> str:
+    if isinstance(value, Decimal) and value.is_finite():
+        return _MARK + format(value, "f")
+    raise TypeError(f"cannot encode {type(value).__name__}")
 
 
 def dumps(obj: Any) -> bytes:
     """JSON bytes for ``obj``; Decimals become numbers with their exact digits."""
-    try:
-        return orjson.dumps(obj, option=_OPTS)  # orjson refuses Decimal: then the slow path
-    except TypeError:
-        return _encode(obj)
+    out = orjson.dumps(obj, default=_default, option=_OPTS)
+    if b"\\u0000DEC:" in out:
+        out = _MARKED.sub(rb"\1", out)
+    return out

@@ -16,10 +16,12 @@ from cdrs.ids import encode_id
 
 
 def cdr_item(row: dict[str, Any]) -> dict[str, Any]:
-    """The wire form of a row from ``selectors`` (timestamps already RFC 3339 text)."""
-    item = dict(row)
-    item["id"] = encode_id(row["id"])
-    return item
+    """The wire form of a row from ``selectors`` (timestamps already RFC 3339 text).
+
+    Rows from selectors are fresh dicts, so the id is replaced in place (no copy per row).
+    """
+    row["id"] = encode_id(row["id"])
+    return row
 
 
 # --- OpenAPI descriptions (schema only) ---------------------------------------------------
