@@ -9,7 +9,6 @@ rejects it; PostgreSQL cannot store it), and the pattern only matches a whole st
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal
 from typing import Any
 
@@ -17,7 +16,7 @@ import orjson
 
 _OPTS = orjson.OPT_NON_STR_KEYS
 _MARK = "\x00DEC:"
-_MARKED = re.compile(rb'(?<=[:,\[])"\\u0000DEC:(-?[0-9]+(?:\.[0-9]+)?)"')
+_MARKED_OPEN = b'"\\u0000DEC:'  # how orjson writes the start of a marked string
 
 
 def _default(value: Any) -> str:
@@ -29,6 +28,12 @@ def _default(value: Any) -> str:
 def dumps(obj: Any) -> bytes:
     """JSON bytes for ``obj``; Decimals become numbers with their exact digits."""
     out = orjson.dumps(obj, default=_default, option=_OPTS)
-    if b"\\u0000DEC:" in out:
-        out = _MARKED.sub(rb"\1", out)
+    start = out.find(_MARKED_OPEN)
+    while start >= 0:  # usually once (cost); plain slicing is several times faster than re
+        end = out.index(b'"', start + len(_MARKED_OPEN))
+        if out[start - 1 : start] in (b":", b",", b"["):
+            out = out[:start] + out[start + len(_MARKED_OPEN) : end] + out[end + 1 :]
+            start = out.find(_MARKED_OPEN, start)
+        else:
+            start = out.find(_MARKED_OPEN, end)
     return out

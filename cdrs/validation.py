@@ -154,7 +154,8 @@ def validate_cdr(obj: Any, *, text: bool = False) -> dict[str, Any]:
     errors: dict[str, str] = {}
     if obj.keys() - _KNOWN:
         for key in obj.keys() - _KNOWN:
-            errors[str(key)[:64]] = "unknown field"
+            # Echoed back as a key: escaped, so no control character reaches a response.
+            errors[str(key).encode("unicode_escape").decode("ascii")[:64]] = "unknown field"
     row: dict[str, Any] = {}
     raw_id = obj.get("id")
     if raw_id is None or (text and raw_id == ""):

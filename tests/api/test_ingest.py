@@ -201,3 +201,11 @@ def test_concurrent_posts_of_the_same_cdr_store_exactly_one(api_client):
     assert Cdr.objects.filter(call_id="race@x").count() == 1
     listed = orjson.loads(client.get("/api/cdrs").content)
     assert listed["count"] == 1  # the counter moved once
+
+
+def test_unknown_field_names_are_echoed_safely(client_full):
+    payload = cdr_payload(**{"\x00DEC:1": 1, "b\x00DEC:2": 2, "\x00DEC:3": 3})
+    response = post(client_full, payload)
+    assert response.status_code == 400
+    errors = orjson.loads(response.content)["errors"][0]["detail"]["items"][0]["errors"]
+    assert set(errors) == {"\\x00DEC:1", "b\\x00DEC:2", "\\x00DEC:3"}
