@@ -38,7 +38,6 @@ from cdrs.ids import snowflake
 from cdrs.validation import INSERT_COLUMNS, CdrInvalid, validate_cdr
 
 BATCH_ROWS = 10_000
-_STAGING = "cdr_import_staging"
 csv.field_size_limit(64 * 1024)
 
 
@@ -180,22 +179,13 @@ def _load_batch_postgresql(rows: list[dict[str, Any]]) -> tuple[int, int]:
     generated = [r for r in rows if r["id"] is None]
     for row, low in zip(generated, services.next_low_bits(len(generated)), strict=True):
         row["id"] = snowflake(row["started_at"], low)
-    gen_ids = {id(r) for r in generated}
     cols = ", ".join(INSERT_COLUMNS)
     with connection.cursor() as cur:
-        cur.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} "
-            f"(LIKE cdrs_cdr INCLUDING DEFAULTS, generated boolean NOT NULL DEFAULT false)"
-        )
-        cur.execute(f"TRUNCATE {_STAGING}")
-        raw = cur.connection.cursor()  # psycopg cursor: COPY
-        with raw.copy(f"COPY {_STAGING} ({cols}, generated) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row([row[c] for c in INSERT_COLUMNS] + [id(row) in gen_ids])
+        services.stage_rows(cur, rows, generated={id(r) for r in generated})
         created = 0
         while True:
             cur.execute(
-                f"INSERT INTO cdrs_cdr ({cols}) SELECT {cols} FROM {_STAGING} "
+                f"INSERT INTO cdrs_cdr ({cols}) SELECT {cols} FROM {services.STAGING_TABLE} "
                 "ON CONFLICT DO NOTHING"
             )
             created += cur.rowcount
@@ -204,15 +194,15 @@ def _load_batch_postgresql(rows: list[dict[str, Any]]) -> tuple[int, int]:
             # A generated id that collided with another CDR's id: not stored, and its
             # natural key is not stored either. Give those rows fresh ids and insert again.
             cur.execute(
-                f"DELETE FROM {_STAGING} s WHERE NOT s.generated OR EXISTS "
+                f"DELETE FROM {services.STAGING_TABLE} s WHERE NOT s.generated OR EXISTS "
                 "(SELECT 1 FROM cdrs_cdr c WHERE c.natural_key = s.natural_key)"
             )
-            cur.execute(f"SELECT count(*) FROM {_STAGING}")
+            cur.execute(f"SELECT count(*) FROM {services.STAGING_TABLE}")
             collided = cur.fetchone()[0]
             if collided == 0:
                 break
             cur.execute(
-                f"UPDATE {_STAGING} SET id = ((id >> 22) << 22) | "
+                f"UPDATE {services.STAGING_TABLE} SET id = ((id >> 22) << 22) | "
                 f"(nextval('{services.ID_SEQUENCE}') & 4194303)"
             )
     services.add_to_counter(created)

@@ -60,12 +60,44 @@ class IngestResult:
     ids: list[int] = field(default_factory=list)
 
 
+STAGING_TABLE = "cdr_staging"
+_COLS = ", ".join(INSERT_COLUMNS)
+
+
+def stage_rows(cur: Any, rows: Sequence[dict[str, Any]], generated: set[int] | None = None) -> None:
+    """COPY validated rows into a per-connection temporary staging table (PostgreSQL).
+
+    ``generated`` holds the Python ids (``id(row)``) of rows whose CDR id was generated
+    here, for the collision check in the importer. COPY costs a fraction of a multi-row
+    INSERT: no SQL text to build and parse for thousands of parameters.
+    """
+    cur.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} "
+        "(LIKE cdrs_cdr INCLUDING DEFAULTS, generated boolean NOT NULL DEFAULT false)"
+    )
+    cur.execute(f"TRUNCATE {STAGING_TABLE}")
+    flags = generated or set()
+    with cur.connection.cursor().copy(
+        f"COPY {STAGING_TABLE} ({_COLS}, generated) FROM STDIN"
+    ) as copy:
+        for row in rows:
+            copy.write_row([row[c] for c in INSERT_COLUMNS] + [id(row) in flags])
+
+
 def _insert_rows(rows: Sequence[dict[str, Any]]) -> set[int]:
     """INSERT ... ON CONFLICT DO NOTHING; returns the ids that were inserted."""
     from cdrs.models import Cdr
 
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cur:
+            stage_rows(cur, rows)
+            cur.execute(
+                f"INSERT INTO cdrs_cdr ({_COLS}) SELECT {_COLS} FROM {STAGING_TABLE} "
+                "ON CONFLICT DO NOTHING RETURNING id"
+            )
+            return {r[0] for r in cur.fetchall()}
     inserted: set[int] = set()
-    cols = ", ".join(INSERT_COLUMNS)
+    cols = _COLS
     one = "(" + ", ".join(["%s"] * len(INSERT_COLUMNS)) + ")"
     # The fields' own adapters: datetimes, UUIDs and decimals as each backend stores them.
     model_fields = [Cdr._meta.get_field(c) for c in INSERT_COLUMNS]
