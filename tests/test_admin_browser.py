@@ -37,10 +37,6 @@ TOKEN_RE = re.compile(r"cdr_[a-z0-9]{10}_[A-Za-z0-9_-]{20,}")
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(
-        not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-        reason="needs Debian's chromium and chromedriver",
-    ),
 ]
 
 
