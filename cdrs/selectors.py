@@ -18,7 +18,6 @@ from cdrs.models import ApiToken, Cdr, CdrCounter
 from cdrs.query.cursor import encode_cursor, keyset_q
 from cdrs.query.options import ListOptions
 from cdrs.query.orderby import OrderTerm
-from cdrs.query.plain import CdrPlainFilterSet
 
 
 @dataclass(frozen=True)
@@ -61,8 +60,8 @@ def _order_by(order: tuple[OrderTerm, ...]) -> list[OrderBy]:
 
 def _filtered(token: ApiToken, options: ListOptions) -> QuerySet[Cdr]:
     qs = cdrs_for_token(token).filter(options.where)
-    if options.plain:
-        qs = CdrPlainFilterSet(data=options.plain, queryset=qs).qs
+    if options.plain_filterset is not None:
+        qs = options.plain_filterset.filter_queryset(qs)
     return qs
 
 
@@ -82,9 +81,11 @@ def cdr_total() -> int:
 LIST_FIELDS = visible_field_names(billing=False)
 
 
-def cdr_page_queryset(token: ApiToken, options: ListOptions) -> QuerySet[Cdr, Any]:
+def cdr_page_queryset(
+    token: ApiToken, options: ListOptions, filtered: QuerySet[Cdr] | None = None
+) -> QuerySet[Cdr, Any]:
     """The query behind one list page (rows of LIST_FIELDS); one row more than ``top``."""
-    qs = _filtered(token, options)
+    qs = _filtered(token, options) if filtered is None else filtered
     if options.after is not None:
         qs = qs.filter(keyset_q(options.order, options.after))
     qs = qs.order_by(*_order_by(options.order)).values_list(*_columns(LIST_FIELDS))
@@ -93,11 +94,11 @@ def cdr_page_queryset(token: ApiToken, options: ListOptions) -> QuerySet[Cdr, An
 
 def cdr_list(token: ApiToken, options: ListOptions) -> CdrPage:
     """One page of CDRs for GET /api/cdrs, with the count and the next cursor."""
+    filtered = _filtered(token, options)
     count = -1
     if options.count:
-        unfiltered = _unfiltered(token, options)
-        count = cdr_total() if unfiltered else _filtered(token, options).count()
-    rows = list(_as_dicts(LIST_FIELDS, cdr_page_queryset(token, options)))
+        count = cdr_total() if _unfiltered(token, options) else filtered.count()
+    rows = list(_as_dicts(LIST_FIELDS, cdr_page_queryset(token, options, filtered)))
     next_cursor = None
     if len(rows) > options.top:
         rows = rows[: options.top]

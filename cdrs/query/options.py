@@ -39,7 +39,9 @@ class ListOptions:
     count: bool = True
     order: tuple[OrderTerm, ...] = ()
     where: Q = field(default_factory=Q)
-    plain: dict[str, Any] = field(default_factory=dict)  # validated FilterSet input
+    plain: dict[str, Any] = field(default_factory=dict)  # the plain filters given
+    # Validated once here; selectors apply it (filter_queryset) without re-validating.
+    plain_filterset: CdrPlainFilterSet | None = None
     after: list[Any] | None = None  # keyset position from a cursor
     fingerprint: str = ""
     export_format: str = "ndjson"
@@ -121,11 +123,13 @@ def parse_list_options(
 
     plain_data = {name: _single(params, name) for name in PLAIN_FILTER_NAMES if name in params}
     if plain_data:
-        form = CdrPlainFilterSet(data=plain_data).form
+        filterset = CdrPlainFilterSet(data=plain_data)
+        form = filterset.form
         if not form.is_valid():
             name, errors = next(iter(form.errors.items()))
             raise OptionError(name, str(errors[0]))
         opts.plain = plain_data
+        opts.plain_filterset = filterset
 
     # The fingerprint binds a cursor to everything that decides which rows come in which
     # order; top may change between pages.
