@@ -3,15 +3,17 @@
 import os
 
 bind = os.environ.get("BIND", f"0.0.0.0:{os.environ.get('PORT', '8887')}")
-# Sync workers: every request is a short database round trip; measured in bench/ against
-# gthread, sync gave the best req/s per core on 2 cores. One worker per core by default.
+# One worker per core by default. gthread, not sync: a sync worker is silent while it
+# streams, so the arbiter kills it `timeout` seconds into a long export (a slow client
+# reading a 10M-row export takes minutes); gthread workers keep telling the arbiter they
+# are alive. tests/test_export_streaming.py shows sync cutting an export off.
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
-threads = int(os.environ.get("GUNICORN_THREADS", "1"))
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+threads = int(os.environ.get("GUNICORN_THREADS", "2"))
 # Recycle workers now and then (bounded memory over months), not all at once.
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "20000"))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "2000"))
-# Exports stream for minutes: the timeout applies to a silent worker, not to a long response.
+# A worker that stops answering the arbiter this long is restarted (long exports are fine).
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = 5
