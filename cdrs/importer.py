@@ -1,9 +1,9 @@
 """Bulk import of CSV / NDJSON files (``manage.py import_cdrs``), streaming, in batches.
 
-Every row goes through ``validate_cdr`` (the API's rules). On PostgreSQL each batch is
-COPY-ed into a temporary staging table and moved with one ``INSERT ... SELECT ... ON CONFLICT
-DO NOTHING``, so duplicates within the file and against stored CDRs are skipped and counted.
-Elsewhere batches go through ``services.cdr_ingest``.
+Every row goes through ``validate_cdr`` and every batch through ``services.cdr_ingest``: the
+API's rules and write path. On PostgreSQL that COPYs the batch into a temporary staging table
+and moves it with one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, so duplicates within
+the file and against stored CDRs are skipped and counted.
 
 Transactions: ``strict`` (the default) loads a file in one transaction, so a file with any
 invalid row, or an interrupted import, loads nothing. ``lenient`` commits batch by batch:
@@ -29,13 +29,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import IO, Any
 
-from django.db import connection, transaction
+from django.db import transaction
 
 from cdrs import services
 from cdrs.export import ESCAPE
 from cdrs.fields import ALL_FIELD_NAMES
-from cdrs.ids import snowflake
-from cdrs.validation import INSERT_COLUMNS, CdrInvalid, validate_cdr
+from cdrs.validation import CdrInvalid, validate_cdr
 
 BATCH_ROWS = 10_000
 csv.field_size_limit(64 * 1024)
@@ -174,44 +173,8 @@ def iter_ndjson(stream: IO[bytes]) -> Iterator[Record]:
         yield number, obj, None
 
 
-def _load_batch_postgresql(rows: list[dict[str, Any]]) -> tuple[int, int]:
-    """COPY a batch into staging, then INSERT ... SELECT ... ON CONFLICT DO NOTHING."""
-    generated = [r for r in rows if r["id"] is None]
-    for row, low in zip(generated, services.next_low_bits(len(generated)), strict=True):
-        row["id"] = snowflake(row["started_at"], low)
-    cols = ", ".join(INSERT_COLUMNS)
-    with connection.cursor() as cur:
-        services.stage_rows(cur, rows, generated={id(r) for r in generated})
-        created = 0
-        while True:
-            cur.execute(
-                f"INSERT INTO cdrs_cdr ({cols}) SELECT {cols} FROM {services.STAGING_TABLE} "
-                "ON CONFLICT DO NOTHING"
-            )
-            created += cur.rowcount
-            if not generated or created == len(rows):
-                break
-            # A generated id that collided with another CDR's id: not stored, and its
-            # natural key is not stored either. Give those rows fresh ids and insert again.
-            cur.execute(
-                f"DELETE FROM {services.STAGING_TABLE} s WHERE NOT s.generated OR EXISTS "
-                "(SELECT 1 FROM cdrs_cdr c WHERE c.natural_key = s.natural_key)"
-            )
-            cur.execute(f"SELECT count(*) FROM {services.STAGING_TABLE}")
-            collided = cur.fetchone()[0]
-            if collided == 0:
-                break
-            cur.execute(
-                f"UPDATE {services.STAGING_TABLE} SET id = ((id >> 22) << 22) | "
-                f"(nextval('{services.ID_SEQUENCE}') & 4194303)"
-            )
-    services.add_to_counter(created)
-    return created, len(rows) - created
-
-
 def _load_batch(rows: list[dict[str, Any]]) -> tuple[int, int]:
-    if connection.vendor == "postgresql":
-        return _load_batch_postgresql(rows)
+    """Store one batch through the same service as the API's ingest (COPY on PostgreSQL)."""
     result = services.cdr_ingest(rows)
     return result.created, result.duplicates
 
