@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import F, OrderBy, Q, QuerySet
 
 from cdrs.expressions import Rfc3339
@@ -119,4 +119,13 @@ def cdr_export_rows(
     """Every matching CDR, streamed (server-side cursor on PostgreSQL)."""
     fields = visible_field_names(billing=token.scope_billing)
     qs = _filtered(token, options).order_by(*_order_by(options.order))
-    return _as_dicts(fields, qs.values_list(*_columns(fields)).iterator(chunk_size=chunk_size))
+    rows = qs.values_list(*_columns(fields))
+
+    def stream() -> Iterator[dict[str, Any]]:
+        # In a transaction Django declares the server-side cursor WITHOUT HOLD, so PostgreSQL
+        # hands rows over as they are fetched; outside one, a WITH HOLD cursor is computed in
+        # full at its first commit, and the first byte would wait for the whole export.
+        with transaction.atomic():
+            yield from _as_dicts(fields, rows.iterator(chunk_size=chunk_size))
+
+    return stream()
