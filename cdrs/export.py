@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from typing import Any
 
-from cdrs import jsonenc
+from cdrs import heartbeat, jsonenc
 from cdrs.api.serializers import cdr_item
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "'")
@@ -60,6 +60,7 @@ def csv_lines(fields: tuple[str, ...], rows: Iterable[dict[str, Any]]) -> Iterat
         if len(batch) >= 500:
             yield "".join(batch).encode()
             batch.clear()
+            heartbeat.beat()
     if batch:
         yield "".join(batch).encode()
 
@@ -71,5 +72,6 @@ def ndjson_lines(rows: Iterable[dict[str, Any]]) -> Iterator[bytes]:
         if len(batch) >= 500:
             yield b"".join(batch)
             batch.clear()
+            heartbeat.beat()
     if batch:
         yield b"".join(batch)
