@@ -12,3 +12,6 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES["staticfiles"] = {  # noqa: F405
     "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
 }
+# No collected static files in the test process (tests/test_ops.py checks WhiteNoise serving
+# them under gunicorn with production settings); without a root WhiteNoise warns per request.
+STATIC_ROOT = None
