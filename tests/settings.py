@@ -14,4 +14,4 @@ STORAGES["staticfiles"] = {  # noqa: F405
 }
 # No collected static files in the test process (tests/test_ops.py checks WhiteNoise serving
 # them under gunicorn with production settings); without a root WhiteNoise warns per request.
-STATIC_ROOT = None
+STATIC_ROOT = None  # type: ignore[assignment]
