@@ -81,6 +81,9 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # The same backend with a health check that needs no round trip (cdrs/pgbackend).
+    DATABASES["default"]["ENGINE"] = "cdrs.pgbackend"
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets readers go on while one writer writes; the timeout waits for the lock.
     DATABASES["default"].setdefault("OPTIONS", {}).update(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 from django.test import Client
 
@@ -69,3 +72,20 @@ def client_ro(api_client: Callable[..., ApiClient]) -> ApiClient:
 @pytest.fixture
 def client_full(api_client: Callable[..., ApiClient]) -> ApiClient:
     return api_client(scopes=("read", "billing", "write"))
+
+
+@pytest.fixture
+def empty_postgresql() -> Iterator[str]:
+    url = os.environ.get("DATABASE_URL", "")
+    # Only requested by the postgresql-marked case, which runs only against PostgreSQL.
+    assert url.startswith(("postgres://", "postgresql://")), "needs PostgreSQL"
+    name = f"cdrops_empty_{secrets.token_hex(4)}"
+    server = urlsplit(url)._replace(scheme="postgresql")
+    admin_url = server._replace(path="/postgres").geturl()
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield server._replace(path=f"/{name}").geturl()
+    finally:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

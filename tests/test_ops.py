@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -210,25 +209,6 @@ def test_readyz_is_503_when_the_database_is_unreachable(tmp_path):
 @pytest.fixture
 def empty_sqlite(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'empty.sqlite3'}"
-
-
-@pytest.fixture
-def empty_postgresql() -> Iterator[str]:
-    import psycopg
-
-    url = os.environ.get("DATABASE_URL", "")
-    # Only requested by the postgresql-marked case, which runs only against PostgreSQL.
-    assert url.startswith(("postgres://", "postgresql://")), "needs PostgreSQL"
-    name = f"cdrops_empty_{secrets.token_hex(4)}"
-    server = urlsplit(url)._replace(scheme="postgresql")
-    admin_url = server._replace(path="/postgres").geturl()
-    with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield server._replace(path=f"/{name}").geturl()
-    finally:
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.mark.parametrize(
