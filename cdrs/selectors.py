@@ -59,14 +59,11 @@ def _order_by(order: tuple[OrderTerm, ...]) -> list[OrderBy]:
 
 
 def _filtered(token: ApiToken, options: ListOptions) -> QuerySet[Cdr]:
-    qs = cdrs_for_token(token).filter(options.where)
-    if options.plain_filterset is not None:
-        qs = options.plain_filterset.filter_queryset(qs)
-    return qs
+    return cdrs_for_token(token).filter(options.where)
 
 
 def _unfiltered(token: ApiToken, options: ListOptions) -> bool:
-    return not token.domains and not options.plain and not options.where
+    return not token.domains and not options.where
 
 
 def cdr_total() -> int:

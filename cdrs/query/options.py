@@ -15,7 +15,7 @@ from django.db.models import Q
 
 from cdrs.query.cursor import CursorError, decode_cursor
 from cdrs.query.orderby import OrderbyError, OrderTerm, parse_orderby
-from cdrs.query.plain import PLAIN_FILTER_NAMES, CdrPlainFilterSet
+from cdrs.query.plain import PLAIN_FILTER_NAMES, PlainFilterError, plain_filter_q
 
 TOP_DEFAULT = 100
 TOP_MAX = 1000
@@ -38,10 +38,7 @@ class ListOptions:
     skip: int = 0
     count: bool = True
     order: tuple[OrderTerm, ...] = ()
-    where: Q = field(default_factory=Q)
-    plain: dict[str, Any] = field(default_factory=dict)  # the plain filters given
-    # Validated once here; selectors apply it (filter_queryset) without re-validating.
-    plain_filterset: CdrPlainFilterSet | None = None
+    where: Q = field(default_factory=Q)  # filter, search and plain filters, AND-ed
     after: list[Any] | None = None  # keyset position from a cursor
     fingerprint: str = ""
     export_format: str = "ndjson"
@@ -119,17 +116,14 @@ def parse_list_options(
     search = _single(params, "search")
     if search is not None and search != "":
         where &= _search_q(search)
+    plain_data = {
+        name: _single(params, name) or "" for name in PLAIN_FILTER_NAMES if name in params
+    }
+    try:
+        where &= plain_filter_q(plain_data)
+    except PlainFilterError as exc:
+        raise OptionError(exc.name, str(exc)) from exc
     opts.where = where
-
-    plain_data = {name: _single(params, name) for name in PLAIN_FILTER_NAMES if name in params}
-    if plain_data:
-        filterset = CdrPlainFilterSet(data=plain_data)
-        form = filterset.form
-        if not form.is_valid():
-            name, errors = next(iter(form.errors.items()))
-            raise OptionError(name, str(errors[0]))
-        opts.plain = plain_data
-        opts.plain_filterset = filterset
 
     # The fingerprint binds a cursor to everything that decides which rows come in which
     # order; top may change between pages.
