@@ -5,7 +5,7 @@ The only module that builds CDR querysets for the API and the export.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from django.db.models import F, OrderBy, Q, QuerySet
 from cdrs.expressions import Rfc3339
 from cdrs.fields import TIMESTAMP_FIELD_NAMES, visible_field_names
 from cdrs.models import ApiToken, Cdr, CdrCounter
+from cdrs.query import compiled
 from cdrs.query.cursor import encode_cursor, keyset_q
 from cdrs.query.options import ListOptions
 from cdrs.query.orderby import OrderTerm
@@ -36,12 +37,15 @@ def _as_dicts(names: tuple[str, ...], rows: Any) -> Iterator[dict[str, Any]]:
     return (dict(zip(names, row, strict=True)) for row in rows)
 
 
+def _domains_q(domains: Sequence[str]) -> Q:
+    if not domains:
+        return Q()
+    return Q(caller_domain__lower__in=list(domains)) | Q(callee_domain__lower__in=list(domains))
+
+
 def domain_q(token: ApiToken) -> Q:
     """CDRs a domain-limited token may see (caller or callee domain in its set)."""
-    if not token.domains:
-        return Q()
-    domains = list(token.domains)
-    return Q(caller_domain__lower__in=domains) | Q(callee_domain__lower__in=domains)
+    return _domains_q(token.domains or ())
 
 
 def cdrs_for_token(token: ApiToken) -> QuerySet[Cdr]:
@@ -78,24 +82,58 @@ def cdr_total() -> int:
 LIST_FIELDS = visible_field_names(billing=False)
 
 
-def cdr_page_queryset(
-    token: ApiToken, options: ListOptions, filtered: QuerySet[Cdr] | None = None
+def _page_queryset(
+    domains: Sequence[str], where: Q, options: ListOptions, after: list[Any] | None
 ) -> QuerySet[Cdr, Any]:
-    """The query behind one list page (rows of LIST_FIELDS); one row more than ``top``."""
-    qs = _filtered(token, options) if filtered is None else filtered
-    if options.after is not None:
-        qs = qs.filter(keyset_q(options.order, options.after))
+    qs = Cdr.objects.filter(_domains_q(domains)).filter(where)
+    if after is not None:
+        qs = qs.filter(keyset_q(options.order, after))
     qs = qs.order_by(*_order_by(options.order)).values_list(*_columns(LIST_FIELDS))
     return qs[options.skip : options.skip + options.top + 1]
 
 
+def cdr_page_queryset(token: ApiToken, options: ListOptions) -> QuerySet[Cdr, Any]:
+    """The query behind one list page (rows of LIST_FIELDS); one row more than ``top``."""
+    return _page_queryset(token.domains or (), options.where, options, options.after)
+
+
+def _page_rows(token: ApiToken, options: ListOptions) -> list[Any]:
+    """The rows of ``cdr_page_queryset``, its SQL compiled once per query shape."""
+    domains = list(token.domains or ())
+    where = compiled.q_shape(options.where)
+    after = compiled.values_shape(options.after or [])
+    if where is None or after is None:
+        return list(cdr_page_queryset(token, options))
+    key = (
+        "page",
+        LIST_FIELDS,
+        len(domains),
+        where[0],
+        tuple(str(t) for t in options.order),
+        options.top,
+        options.skip,
+        options.after is None,
+        after[0],
+    )
+    n_domains, n_where = len(domains), len(where[1])
+
+    def build(values: Sequence[Any]) -> QuerySet[Cdr, Any]:
+        rest = iter(values[n_domains + n_where :])
+        position = None
+        if options.after is not None:
+            position = [None if v is None else next(rest) for v in options.after]
+        filled = compiled.q_fill(options.where, iter(values[n_domains : n_domains + n_where]))
+        return _page_queryset(values[:n_domains], filled, options, position)
+
+    return compiled.fetch_rows(key, build, [*domains, *where[1], *after[1]])
+
+
 def cdr_list(token: ApiToken, options: ListOptions) -> CdrPage:
     """One page of CDRs for GET /api/cdrs, with the count and the next cursor."""
-    filtered = _filtered(token, options)
     count = -1
     if options.count:
-        count = cdr_total() if _unfiltered(token, options) else filtered.count()
-    rows = list(_as_dicts(LIST_FIELDS, cdr_page_queryset(token, options, filtered)))
+        count = cdr_total() if _unfiltered(token, options) else _filtered(token, options).count()
+    rows = list(_as_dicts(LIST_FIELDS, _page_rows(token, options)))
     next_cursor = None
     if len(rows) > options.top:
         rows = rows[: options.top]
@@ -106,7 +144,13 @@ def cdr_list(token: ApiToken, options: ListOptions) -> CdrPage:
 def cdr_get(token: ApiToken, cdr_id: int) -> dict[str, Any] | None:
     """One CDR as a dict of the fields the token may see, or None (also outside its domains)."""
     fields = visible_field_names(billing=token.scope_billing)
-    found = cdrs_for_token(token).filter(pk=cdr_id).values_list(*_columns(fields))[:1]
+    domains = list(token.domains or ())
+
+    def build(values: Sequence[Any]) -> QuerySet[Cdr, Any]:
+        qs = Cdr.objects.filter(_domains_q(values[1:])).filter(pk=values[0])
+        return qs.values_list(*_columns(fields))[:1]
+
+    found = compiled.fetch_rows(("detail", fields, len(domains)), build, [cdr_id, *domains])
     return next(_as_dicts(fields, found), None)
 
 

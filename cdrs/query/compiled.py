@@ -1,0 +1,184 @@
+"""Compiled SQL per query shape: each read query is built by the ORM once, then reused.
+
+Building and compiling the 40-column ``values_list()`` of a detail or list query costs
+Django about a millisecond, more than PostgreSQL needs to answer it from an index. The read
+paths ask few *shapes* of query (the same fields, conditions and order; other values), so a
+shape is built once with stand-in values ("slots") for everything that varies, compiled,
+and kept as its SQL plus the parameter position of each slot. A request with that shape
+runs the SQL with its own values in those positions.
+
+The ORM stays the one definition of every query: this only memoizes what it compiles. A
+shape is kept only when every slot reaches the parameters unchanged (once or more) and
+nowhere else; when the ORM transforms a value (LIKE escaping for ``contains``, a datetime
+turned into text on SQLite) or writes it into the SQL text, that shape is compiled per
+request, as before. Values that change the SQL itself (``None`` -> ``IS NULL``, booleans,
+list lengths, LIMIT/OFFSET) are part of the shape, never slots.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from django.core.exceptions import EmptyResultSet, ValidationError
+from django.db import connection
+from django.db.models import Q, QuerySet
+
+# Values that go into a query as parameters, unchanged by the ORM on a friendly backend.
+_SLOTTABLE = (int, str, datetime, Decimal)
+_CACHE_MAX = 512  # shapes per thread; a flood of odd shapes just recompiles
+_local = threading.local()
+
+
+class _Uncacheable(Exception):
+    pass
+
+
+def _value_shape(value: Any, values: list[Any]) -> Hashable:
+    if value is None or isinstance(value, bool):
+        return ("literal", value)
+    if type(value) in _SLOTTABLE:
+        values.append(value)
+        return ("slot", type(value).__name__)
+    if isinstance(value, list | tuple) and all(type(v) in _SLOTTABLE for v in value):
+        values.extend(value)
+        return ("slots", tuple(type(v).__name__ for v in value))
+    raise _Uncacheable
+
+
+def _q_shape(q: Q, values: list[Any]) -> Hashable:
+    parts: list[Hashable] = []
+    for child in q.children:
+        if isinstance(child, Q):
+            parts.append(_q_shape(child, values))
+        elif isinstance(child, tuple) and len(child) == 2 and isinstance(child[0], str):
+            parts.append((child[0], _value_shape(child[1], values)))
+        else:  # an expression (search): compiled per request
+            raise _Uncacheable
+    return (q.connector, q.negated, tuple(parts))
+
+
+def q_shape(q: Q) -> tuple[Hashable, list[Any]] | None:
+    """(shape, slot values in order) of a ``Q`` of plain lookups; None if it has others."""
+    values: list[Any] = []
+    try:
+        return _q_shape(q, values), values
+    except _Uncacheable:
+        return None
+
+
+def values_shape(items: Sequence[Any]) -> tuple[Hashable, list[Any]] | None:
+    """(shape, slot values) of a flat list of values (a cursor position, say)."""
+    values: list[Any] = []
+    try:
+        return tuple(_value_shape(v, values) for v in items), values
+    except _Uncacheable:
+        return None
+
+
+def q_fill(q: Q, values: Iterator[Any]) -> Q:
+    """``q`` with its slot values replaced, in order, by the next ones from ``values``."""
+    filled = Q()
+    filled.connector, filled.negated = q.connector, q.negated
+    for child in q.children:
+        if isinstance(child, Q):
+            filled.children.append(q_fill(child, values))
+            continue
+        assert isinstance(child, tuple)  # q_shape accepted only Qs and (lookup, value)
+        lookup, value = child
+        if value is None or isinstance(value, bool):
+            filled.children.append((lookup, value))
+        elif isinstance(value, list | tuple):
+            filled.children.append((lookup, [next(values) for _ in value]))
+        else:
+            filled.children.append((lookup, next(values)))
+    return filled
+
+
+def _stand_in(kind: type, index: int) -> Any:
+    """A value of ``kind`` no request sends and the ORM passes through (in int4 range)."""
+    if kind is int:
+        return 2_000_000_000 - index
+    if kind is str:
+        return f"\x00slot{index}\x00"
+    if kind is datetime:
+        return datetime(1971, 2, 3, 4, 5, 6, index + 1, tzinfo=UTC)
+    return Decimal(f"-987654.{index + 1:06d}")
+
+
+class _Compiled:
+    def __init__(self, qs: QuerySet[Any, Any], stand_ins: list[Any]) -> None:
+        compiler = qs.query.get_compiler(using=qs.db)
+        try:
+            sql, params = compiler.as_sql()
+        except (EmptyResultSet, ValidationError, TypeError, ValueError) as exc:
+            raise _Uncacheable from exc
+        slots: list[int | None] = []
+        # The backend may wrap a value in a subclass to fix its SQL type (psycopg's Int8 for
+        # bigint columns); the same wrapper is applied to the request's value.
+        wrappers: list[type | None] = []
+        for p in params:
+            found = [i for i, s in enumerate(stand_ins) if isinstance(p, type(s)) and s == p]
+            slots.append(found[0] if found else None)
+            wrappers.append(type(p) if found and type(p) is not type(stand_ins[found[0]]) else None)
+        if {s for s in slots if s is not None} != set(range(len(stand_ins))):
+            raise _Uncacheable  # a value was transformed or dropped
+        if any(str(s).strip("\x00") in sql for s in stand_ins):
+            raise _Uncacheable  # a value went into the SQL text
+        self.sql = sql
+        self.slots = slots
+        self.wrappers = wrappers
+        self.fixed = list(params)
+        self.compiler = compiler
+        self.converters = compiler.get_converters(
+            [s[0] for s in compiler.select[0 : compiler.col_count]]
+        )
+
+    def rows(self, values: Sequence[Any]) -> list[Any]:
+        params = list(self.fixed)
+        for i, slot in enumerate(self.slots):
+            if slot is not None:
+                wrap = self.wrappers[i]
+                params[i] = values[slot] if wrap is None else wrap(values[slot])
+        with connection.cursor() as cur:
+            cur.execute(self.sql, params)
+            rows: list[Any] = cur.fetchall()
+        if self.converters:
+            rows = list(self.compiler.apply_converters(rows, self.converters))
+        return rows
+
+
+def _cache() -> dict[Hashable, _Compiled | None]:
+    cache: dict[Hashable, _Compiled | None] | None = getattr(_local, "cache", None)
+    if cache is None or len(cache) > _CACHE_MAX:
+        cache = _local.cache = {}
+    return cache
+
+
+def fetch_rows(
+    key: Hashable | None,
+    build: Callable[[Sequence[Any]], QuerySet[Any, Any]],
+    values: Sequence[Any],
+) -> list[Any]:
+    """Rows of the ``values_list`` query ``build(values)``, compiled once per ``key``.
+
+    ``build`` must make the same query shape for any values (stand-ins included); ``key``
+    must name everything else the query depends on. ``key=None`` compiles per call.
+    """
+    if key is None:
+        return list(build(values))
+    cache = _cache()
+    full_key = (connection.alias, connection.vendor, key)
+    if full_key not in cache:
+        stand_ins = [_stand_in(type(v), i) for i, v in enumerate(values)]
+        try:
+            cache[full_key] = _Compiled(build(stand_ins), stand_ins)
+        except _Uncacheable:
+            cache[full_key] = None
+    compiled = cache[full_key]
+    if compiled is None:
+        return list(build(values))
+    return compiled.rows(values)
