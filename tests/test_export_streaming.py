@@ -6,13 +6,22 @@ import http.client
 import time
 from urllib.parse import urlsplit
 
+import pytest
+
 from tests.test_ops import gunicorn, manage, production_env
 
 ROWS = 20_000
 
 
-def test_slow_client_gets_the_whole_export_past_the_worker_timeout(tmp_path):
+@pytest.mark.parametrize(
+    "database",
+    [None, pytest.param("empty_postgresql", marks=pytest.mark.postgresql)],
+    ids=["sqlite", "postgresql"],  # PostgreSQL streams through COPY, SQLite through a cursor
+)
+def test_slow_client_gets_the_whole_export_past_the_worker_timeout(request, tmp_path, database):
     env = production_env(tmp_path, GUNICORN_TIMEOUT="2", LOG_LEVEL="WARNING")
+    if database:
+        env["DATABASE_URL"] = request.getfixturevalue(database)
     assert manage("migrate", "--no-input", env=env).returncode == 0
     seeded = manage("seed_demo", "--rows", str(ROWS), env=env)
     assert seeded.returncode == 0, seeded.stderr
