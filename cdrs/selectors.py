@@ -5,12 +5,12 @@ The only module that builds CDR querysets for the API and the export.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import F, OrderBy, Q, QuerySet
+from django.db.models import F, Func, IntegerField, OrderBy, Q, QuerySet
 
 from cdrs.expressions import Rfc3339
 from cdrs.fields import FIELDS_BY_NAME, TIMESTAMP_FIELD_NAMES, Kind, visible_field_names
@@ -97,42 +97,76 @@ def cdr_page_queryset(token: ApiToken, options: ListOptions) -> QuerySet[Cdr, An
     return _page_queryset(token.domains or (), options.where, options, options.after)
 
 
-def _page_rows(token: ApiToken, options: ListOptions) -> list[Any]:
-    """The rows of ``cdr_page_queryset``, its SQL compiled once per query shape."""
+def _shaped_rows(
+    token: ApiToken,
+    options: ListOptions,
+    kind: tuple[Any, ...],
+    make: Callable[[Sequence[str], Q, list[Any] | None], QuerySet[Cdr, Any]],
+    *,
+    keyset: bool,
+) -> list[Any]:
+    """Rows of ``make(domains, where, after)``, its SQL compiled once per query shape.
+
+    ``kind`` names what ``make`` builds beyond the token's domains, the filter and (with
+    ``keyset``) the cursor position, which are the values that vary between requests.
+    """
     domains = list(token.domains or ())
+    after_values = options.after if keyset else None
     where = compiled.q_shape(options.where)
-    after = compiled.values_shape(options.after or [])
+    after = compiled.values_shape(after_values or [])
     if where is None or after is None:
-        return list(cdr_page_queryset(token, options))
-    key = (
-        "page",
-        LIST_FIELDS,
-        len(domains),
-        where[0],
-        tuple(str(t) for t in options.order),
-        options.top,
-        options.skip,
-        options.after is None,
-        after[0],
-    )
+        return list(make(domains, options.where, after_values))
+    key = (kind, len(domains), where[0], after_values is None, after[0])
     n_domains, n_where = len(domains), len(where[1])
 
     def build(values: Sequence[Any]) -> QuerySet[Cdr, Any]:
         rest = iter(values[n_domains + n_where :])
-        position = None
-        if options.after is not None:
-            position = [None if v is None else next(rest) for v in options.after]
+        position = (
+            None if after_values is None else [v if v is None else next(rest) for v in after_values]
+        )
         filled = compiled.q_fill(options.where, iter(values[n_domains : n_domains + n_where]))
-        return _page_queryset(values[:n_domains], filled, options, position)
+        return make(values[:n_domains], filled, position)
 
     return compiled.fetch_rows(key, build, [*domains, *where[1], *after[1]])
+
+
+def _page_rows(token: ApiToken, options: ListOptions) -> list[Any]:
+    """The rows of ``cdr_page_queryset``."""
+    kind = ("page", LIST_FIELDS, tuple(map(str, options.order)), options.top, options.skip)
+    return _shaped_rows(
+        token,
+        options,
+        kind,
+        lambda domains, where, after: _page_queryset(domains, where, options, after),
+        keyset=True,
+    )
+
+
+class _CountAll(Func):
+    """COUNT(*) as a plain select column: the filtered count, compiled like any values_list."""
+
+    template = "COUNT(*)"
+    output_field = IntegerField()
+
+    def __init__(self) -> None:
+        super().__init__()
+
+
+def _filtered_count(token: ApiToken, options: ListOptions) -> int:
+    """``_filtered(token, options).count()``."""
+
+    def make(domains: Sequence[str], where: Q, _after: Any) -> QuerySet[Cdr, Any]:
+        return Cdr.objects.filter(_domains_q(domains)).filter(where).values_list(_CountAll())
+
+    rows = _shaped_rows(token, options, ("count",), make, keyset=False)
+    return int(rows[0][0]) if rows else 0
 
 
 def cdr_list(token: ApiToken, options: ListOptions) -> CdrPage:
     """One page of CDRs for GET /api/cdrs, with the count and the next cursor."""
     count = -1
     if options.count:
-        count = cdr_total() if _unfiltered(token, options) else _filtered(token, options).count()
+        count = cdr_total() if _unfiltered(token, options) else _filtered_count(token, options)
     rows = list(_as_dicts(LIST_FIELDS, _page_rows(token, options)))
     next_cursor = None
     if len(rows) > options.top:
