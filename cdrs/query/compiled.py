@@ -29,7 +29,7 @@ from django.db.models import Q, QuerySet
 
 # Values that go into a query as parameters, unchanged by the ORM on a friendly backend.
 _SLOTTABLE = (int, str, datetime, Decimal)
-_CACHE_MAX = 512  # shapes per thread; a flood of odd shapes just recompiles
+_CACHE_MAX = 256  # shapes per thread (~25 kB each); a flood of odd shapes just recompiles
 _local = threading.local()
 
 
