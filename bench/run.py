@@ -502,7 +502,11 @@ def write_report(meta: dict, results: dict, rss: dict, targets: list, order: lis
 
 
 def chart(results: dict, order: list[str], path: Path, meta: dict) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # the numbers are already written; the chart is optional
+        log(f"no chart: matplotlib is missing (pip install -r bench/requirements.txt) -> {path}")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -669,7 +673,6 @@ def main() -> None:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
-    chart(results, order, out.with_suffix(".png"), meta)
     out.with_suffix(".json").write_text(
         json.dumps(
             {"meta": meta, "results": results, "rss": rss, "targets": targets},
@@ -677,6 +680,7 @@ def main() -> None:
             default=str,
         )
     )
+    chart(results, order, out.with_suffix(".png"), meta)
     print()
     print(report)
     log(f"wrote {out}, {out.with_suffix('.png')} and {out.with_suffix('.json')}")

@@ -16,7 +16,7 @@ ROWS = 20_000
 @pytest.mark.parametrize(
     "database",
     [None, pytest.param("empty_postgresql", marks=pytest.mark.postgresql)],
-    ids=["sqlite", "postgresql"],  # PostgreSQL streams through COPY, SQLite through a cursor
+    ids=["sqlite", "postgresql"],
 )
 def test_slow_client_gets_the_whole_export_past_the_worker_timeout(request, tmp_path, database):
     env = production_env(tmp_path, GUNICORN_TIMEOUT="2", LOG_LEVEL="WARNING")
