@@ -24,7 +24,7 @@ SCOPES = ("read", "billing", "write")
 
 def token_digest(plain: str) -> str:
     """HMAC-SHA256 of a plain token keyed with the server pepper (hex)."""
-    key = settings.CDR_TOKEN_PEPPER.encode()
+    key = (settings.CDR_TOKEN_PEPPER or settings.SECRET_KEY).encode()
     return hmac.new(key, plain.encode(), hashlib.sha256).hexdigest()
 
 

@@ -38,3 +38,17 @@ def env_int(name: str, default: int) -> int:
 
 def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+SECRET_KEY_REQUIRED = "SECRET_KEY must be set (or DEBUG=true for development)"
+
+
+def require_secret_key() -> None:
+    """ImproperlyConfigured unless the settings have a SECRET_KEY (DEBUG brings its own)."""
+    from django.conf import settings
+
+    settings.INSTALLED_APPS  # noqa: B018 - loads the settings: their own errors come out as they are
+    try:
+        settings.SECRET_KEY  # noqa: B018 - Django refuses to hand out an empty one
+    except ImproperlyConfigured:
+        raise ImproperlyConfigured(SECRET_KEY_REQUIRED) from None

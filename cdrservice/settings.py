@@ -1,7 +1,9 @@
 """cdrservice settings: everything that differs between deployments comes from the environment.
 
 See README.md "Configuration" for every variable. DEBUG is off unless DEBUG=true; without
-DEBUG the service refuses to start with no SECRET_KEY.
+DEBUG there is no SECRET_KEY default: the service and every command that may sign or hash
+refuse to start without one (cdrservice.env.require_secret_key, called by wsgi.py and
+manage.py), and Django refuses any use of an empty one.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import dj_database_url
-from django.core.exceptions import ImproperlyConfigured
 
 from cdrservice.env import env_bool, env_int, env_list, env_str
 
@@ -17,12 +18,11 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set (or DEBUG=true for development)")
+if not SECRET_KEY and DEBUG:
     SECRET_KEY = "insecure-development-key-only-used-with-DEBUG-true-0123456789abcdef"
 # Key for the token hashes; separate from SECRET_KEY so rotating one does not rotate both.
-CDR_TOKEN_PEPPER = env_str("CDR_TOKEN_PEPPER") or SECRET_KEY
+# Empty means SECRET_KEY (cdrs.tokens reads it then, so an empty SECRET_KEY is refused).
+CDR_TOKEN_PEPPER = env_str("CDR_TOKEN_PEPPER")
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")

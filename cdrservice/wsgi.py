@@ -4,6 +4,9 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
+from cdrservice.env import require_secret_key
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cdrservice.settings")
+require_secret_key()  # no secret, no service
 
 application = get_wsgi_application()

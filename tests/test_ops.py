@@ -262,6 +262,24 @@ def test_refuses_to_start_without_secret_key(tmp_path, overrides):
     assert db_password not in output
 
 
+def test_gunicorns_app_refuses_to_load_without_secret_key(tmp_path):
+    env = production_env(tmp_path, SECRET_KEY=None)
+    done = run([PYTHON, "-c", "import cdrservice.wsgi"], env)
+    assert done.returncode != 0
+    assert "SECRET_KEY must be set" in done.stderr.strip().splitlines()[-1]
+
+
+def test_migration_commands_run_without_secret_key(tmp_path):
+    # They read only the code and the migrations: CI runs `makemigrations --check` bare.
+    env = production_env(tmp_path, SECRET_KEY=None)
+    done = manage("makemigrations", "--check", "--dry-run", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "No changes detected" in done.stdout
+    shown = manage("showmigrations", "cdrs", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "0001_initial" in shown.stdout
+
+
 # --- /metrics ----------------------------------------------------------------------------
 
 
