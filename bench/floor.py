@@ -36,14 +36,25 @@ import hashlib
 import hmac
 import os
 import re
+import sys
 import threading
 import time
 import zlib
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from urllib.parse import parse_qsl
 
 import orjson
 import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: cdrs.fields
+
+from cdrs.fields import (
+    ALL_FIELD_NAMES,
+    PUBLIC_FIELD_NAMES,
+    SEARCH_FIELD_NAMES,
+    TIMESTAMP_FIELD_NAMES,
+)
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/cdrbench")
 SECRET_KEY = os.environ["SECRET_KEY"]
@@ -51,49 +62,13 @@ PEPPER = (os.environ.get("CDR_TOKEN_PEPPER") or SECRET_KEY).encode()
 TOKEN_TTL = int(os.environ.get("CDR_TOKEN_CACHE_SECONDS") or "10")
 LAST_USED_INTERVAL = timedelta(seconds=60)
 
-# --- fields (cdrs/fields.py order) -----------------------------------------------------------
-ALL_COLS = (
-    "id",
-    "caller",
-    "caller_domain",
-    "caller_display_name",
-    "callee",
-    "callee_domain",
-    "callee_display_name",
-    "started_at",
-    "rang_at",
-    "answered_at",
-    "ended_at",
-    "call_id",
-    "direction",
-    "end_reason",
-    "reroute_reason",
-    "status_code",
-    "destination",
-    "outbound_caller_id",
-    "did_cid",
-    "trunk",
-    "duration",
-    "cost",
-    "billed_account",
-    "service_number",
-    "user_data",
-)
-PRIVATE = ("cost", "billed_account")
-PUBLIC_COLS = tuple(c for c in ALL_COLS if c not in PRIVATE)
-TS_COLS = ("started_at", "rang_at", "answered_at", "ended_at")
+# --- fields: the service's own list (cdrs/fields.py is plain Python, no framework) -------------
+ALL_COLS = ALL_FIELD_NAMES
+PUBLIC_COLS = PUBLIC_FIELD_NAMES
+TS_COLS = TIMESTAMP_FIELD_NAMES
+SEARCH_COLS = SEARCH_FIELD_NAMES
 EQ_FIELDS = frozenset(
     ("caller", "callee", "call_id", "caller_domain", "callee_domain", "trunk", "destination")
-)
-SEARCH_COLS = (
-    "caller",
-    "caller_display_name",
-    "callee",
-    "callee_display_name",
-    "call_id",
-    "destination",
-    "outbound_caller_id",
-    "did_cid",
 )
 # Exactly the expression of the trigram index cdr_search_trgm_idx (migration 0002).
 SEARCH_DOC = "UPPER(" + " || E'\\n' || ".join(f'"cdrs_cdr"."{c}"' for c in SEARCH_COLS) + ")"
