@@ -139,9 +139,6 @@ SEARCH_FIELD_NAMES: Final[tuple[str, ...]] = tuple(f.name for f in CDR_FIELDS if
 TIMESTAMP_FIELD_NAMES: Final[tuple[str, ...]] = tuple(
     f.name for f in CDR_FIELDS if f.kind is Kind.TIMESTAMP
 )
-STRING_FIELD_NAMES: Final[tuple[str, ...]] = tuple(
-    f.name for f in CDR_FIELDS if f.kind is Kind.STRING
-)
 
 
 def visible_field_names(*, billing: bool) -> tuple[str, ...]:

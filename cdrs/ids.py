@@ -5,7 +5,7 @@ positive 64-bit integer: ``700551909773148160`` <-> ``NzAwNTUxOTA5NzczMTQ4MTYw``
 
 Snowflakes: milliseconds since 2000-01-01T00:00:00Z shifted left 22 bits, OR-ed with 22 low
 bits that keep ids unique across processes and hosts. The low bits come from a database
-sequence on PostgreSQL (see ``services.next_id_low_bits``); this module only does the maths.
+sequence on PostgreSQL (see ``services.next_low_bits``); this module only does the maths.
 """
 
 from __future__ import annotations

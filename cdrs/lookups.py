@@ -11,8 +11,8 @@ case-sensitive functions, so these lookups:
   as ordinary characters. The empty needle matches every string, as with ``LIKE '%'``.
 
 Each class keeps the built-in ``lookup_name`` (so Django's operator, pattern and cast tables
-apply unchanged) and is registered on ``CharField`` under its own name. Importing this module
-registers them; ``cdrs.query.filter`` does so at import time.
+apply unchanged) and is registered on ``CharField`` under its own name by ``register()``,
+which ``CdrsConfig.ready()`` calls.
 """
 
 from __future__ import annotations
@@ -71,5 +71,8 @@ LOOKUPS: dict[str, type[PatternLookup]] = {
     "cendswith": CaseSensitiveEndsWith,
 }
 
-for _name, _lookup in LOOKUPS.items():
-    CharField.register_lookup(_lookup, lookup_name=_name)
+
+def register() -> None:
+    """Called once from ``CdrsConfig.ready()``: the one place custom lookups are registered."""
+    for name, lookup in LOOKUPS.items():
+        CharField.register_lookup(lookup, lookup_name=name)

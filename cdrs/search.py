@@ -34,15 +34,9 @@ class SearchDocument(Func):
         return self.as_sql(compiler, connection, arg_joiner=" || char(10) || ", **extra)
 
 
-# The index the query above is served by, with the same expression as Django emits for
-# SearchDocument on PostgreSQL (the planner matches index expressions structurally).
-SEARCH_INDEX_NAME = "cdr_search_trgm_idx"
-SEARCH_INDEX_SQL = (
-    f"CREATE INDEX IF NOT EXISTS {SEARCH_INDEX_NAME} ON cdrs_cdr USING gin "
-    "((UPPER("
-    + " || E'\\n' || ".join(f'"cdrs_cdr"."{name}"' for name in SEARCH_FIELD_NAMES)
-    + ")) gin_trgm_ops)"
-)
+# Served by the trigram GIN index "cdr_search_trgm_idx" over the same expression
+# (cdrs/migrations/0002_postgresql_extras.py): the planner matches index expressions
+# structurally, so the document above and that index must stay alike.
 
 
 class SearchTerm(Func):

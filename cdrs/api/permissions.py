@@ -1,4 +1,4 @@
-"""Scope checks: each view names the scope it needs in ``required_scope``."""
+"""Scope checks: each view maps HTTP methods to the scope they need in ``required_scopes``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def token_of(request: Request) -> ApiToken:
 
 
 class HasScope(BasePermission):
-    """Allows a request whose token has the view's ``required_scope`` (per method)."""
+    """Allows a request whose token has the view's ``required_scopes[method]``."""
 
     message = "this token lacks the scope this endpoint needs"
 

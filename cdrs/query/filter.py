@@ -1,6 +1,6 @@
 """The ``filter`` option: an OData-style expression compiled to a Django ``Q`` (pure, no I/O).
 
-Parser choice: hand-written recursive descent rather than lark (installed, pinned). The
+Parser choice: hand-written recursive descent rather than a parser generator such as lark. The
 grammar is four rules; the work is in the errors and the limits, and there hand-written wins:
 every error names the offending token and its exact offset in a client's words ("unknown
 field 'calle' at position 0", "unexpected end of expression at position 23") instead of a
@@ -39,7 +39,6 @@ from typing import Final
 
 from django.db.models import Q
 
-import cdrs.lookups  # noqa: F401  (registers ccontains/cstartswith/cendswith on CharField)
 from cdrs.fields import COST_MAX_DIGITS, FIELDS_BY_NAME, CdrField, Kind
 from cdrs.ids import InvalidId, decode_id
 from cdrs.values import parse_rfc3339
@@ -274,7 +273,7 @@ class _Parser:
         if tok.type is _T.IDENT:
             if tok.text in _FUNCTIONS:
                 return self._function(tok)
-            return self._comparison(tok, self._field(tok))
+            return self._comparison(self._field(tok))
         if tok.type is _T.END:
             raise _unexpected_end(tok)
         hint = " (the field goes on the left)" if tok.type in _LITERAL_TYPES else ""
@@ -300,7 +299,7 @@ class _Parser:
             raise FilterError(f"field '{field.name}' requires the billing scope", tok.pos)
         return field
 
-    def _comparison(self, field_tok: _Token, field: CdrField) -> Q:
+    def _comparison(self, field: CdrField) -> Q:
         op = self._lexer.next()
         if op.type is _T.END:
             raise _unexpected_end(op)

@@ -337,14 +337,15 @@ def test_length_limit_checked_before_parsing() -> None:
 
 def test_depth_limit_parentheses() -> None:
     ok = "(" * MAX_DEPTH + "caller eq '1'" + ")" * MAX_DEPTH
-    compile_filter(ok, billing=False)
+    assert compile_filter(ok, billing=False) == Q(caller="1")
     too_deep = "(" * (MAX_DEPTH + 1) + "caller eq '1'" + ")" * (MAX_DEPTH + 1)
     exc = error(too_deep)
     assert str(exc) == f"filter is nested deeper than 32 levels at position {MAX_DEPTH}"
 
 
 def test_depth_limit_not() -> None:
-    compile_filter("not " * MAX_DEPTH + "caller eq '1'", billing=False)
+    # An even number of nots cancels out.
+    assert compile_filter("not " * MAX_DEPTH + "caller eq '1'", billing=False) == Q(caller="1")
     exc = error("not " * (MAX_DEPTH + 1) + "caller eq '1'")
     assert exc.position == 4 * MAX_DEPTH
     assert "nested deeper than 32 levels" in str(exc)
@@ -352,14 +353,17 @@ def test_depth_limit_not() -> None:
 
 def test_depth_counts_not_and_parentheses_together() -> None:
     half = MAX_DEPTH // 2
-    compile_filter("not (" * half + "caller eq '1'" + ")" * half, billing=False)
+    assert compile_filter("not (" * half + "caller eq '1'" + ")" * half, billing=False) == Q(
+        caller="1"
+    )
     text = "not (" * half + "not caller eq '1'" + ")" * half
     assert "nested deeper" in str(error(text))
 
 
 def test_sequential_groups_do_not_add_up() -> None:
     group = "(" * 20 + "caller eq '1'" + ")" * 20
-    compile_filter(" and ".join([group] * 5), billing=False)
+    q = compile_filter(" and ".join([group] * 5), billing=False)
+    assert q.connector == Q.AND and q.children == [Q(caller="1")] * 5
 
 
 @pytest.mark.parametrize(
