@@ -60,7 +60,7 @@ class Cdr(models.Model):
     )
     billed_account = _string("billed_account")
     service_number = _string("service_number")
-    user_data = models.CharField(max_length=8192, default="", blank=True)
+    user_data = _string("user_data")
     # 16-byte hash of (call_id, started_at, caller, callee): the natural key that recognises a
     # re-sent CDR without an id. A hash, because a B-tree entry over the raw columns (up to
     # ~6 KB of UTF-8) could exceed PostgreSQL's index row limit and fail the insert.
