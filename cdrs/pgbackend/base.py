@@ -25,6 +25,8 @@ def _nothing_to_read(conn: Any) -> bool:
         readable, _, _ = select.select([conn.fileno()], [], [], 0)
     except (OSError, ValueError):  # a closed or invalid descriptor
         return False
+    except base.Database.Error:  # psycopg knows the connection is lost (no descriptor)
+        return False
     return not readable
 
 
