@@ -154,11 +154,12 @@ class CdrViewSet(viewsets.ViewSet):
             from cdrs.api.errors import error_body
 
             why = "neither caller_domain nor callee_domain is one of this token's domains"
+            named = ", ".join(token.domains[:5]) + (", ..." if len(token.domains) > 5 else "")
             return Response(
                 error_body(
                     403,
                     f"{len(exc.indexes)} of {len(items)} CDRs are outside this token's domains "
-                    f"({', '.join(token.domains)}), nothing was stored; "
+                    f"({named}), nothing was stored; "
                     f"first: items[{exc.indexes[0]}]",
                     {"items": [{"index": i, "errors": {"domains": why}} for i in exc.indexes]},
                 ),

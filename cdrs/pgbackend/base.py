@@ -16,6 +16,7 @@ from __future__ import annotations
 import select
 from typing import Any
 
+import psycopg
 from django.db.backends.postgresql import base
 
 
@@ -25,7 +26,7 @@ def _nothing_to_read(conn: Any) -> bool:
         readable, _, _ = select.select([conn.fileno()], [], [], 0)
     except (OSError, ValueError):  # a closed or invalid descriptor
         return False
-    except base.Database.Error:  # psycopg knows the connection is lost (no descriptor)
+    except psycopg.Error:  # psycopg knows the connection is lost (no descriptor)
         return False
     return not readable
 
