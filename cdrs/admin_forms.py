@@ -84,11 +84,21 @@ class ApiTokenForm(forms.ModelForm):
         help_texts = {
             "name": "A note on what the token is for (shown in the token list).",
             "scope_read": "List and detail of CDRs.",
-            "scope_billing": "Sees and may filter on cost and billed account.",
-            "scope_write": "Ingest CDRs (POST /api/cdrs).",
+            "scope_billing": "Sees and may filter on cost and billed account. "
+            "Off unless ticked: grant it only to tokens that need it.",
+            "scope_write": "Ingest CDRs (POST /api/cdrs). Off unless ticked.",
             "expires_at": "Empty: never expires.",
             "enabled": "Untick to revoke the token.",
         }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance._state.adding:
+            # Least privilege: a new token starts with read only (the model's column default
+            # still says billing); billing and write are ticked on purpose, as with
+            # `manage.py create_token --scope`.
+            self.initial["scope_billing"] = False
+            self.initial["scope_write"] = False
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}

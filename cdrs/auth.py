@@ -23,7 +23,8 @@ from cdrs.models import ApiToken
 from cdrs.tokens import split_token, token_digest, token_is_live
 
 # Per-process cache: digest -> (token, cached_at). Saves one query per request on the hot
-# path; bounded by CDR_TOKEN_CACHE_SECONDS, after which a revoked token stops working.
+# path; bounded by CDR_TOKEN_CACHE_SECONDS, after which a revoked token, or one whose user
+# was deactivated, stops working.
 _cache: dict[str, tuple[ApiToken, float]] = {}
 _cache_lock = threading.Lock()
 _CACHE_MAX = 1024
@@ -101,6 +102,10 @@ class BearerTokenAuthentication(BaseAuthentication):
             raise exceptions.AuthenticationFailed("invalid token")
         if not token_is_live(token, timezone.now()):
             raise exceptions.AuthenticationFailed("token is disabled or expired")
+        if not token.user.is_active:
+            # A deactivated user's tokens stop like revoked ones: the cached token carries
+            # the user as loaded, so this holds within CDR_TOKEN_CACHE_SECONDS.
+            raise exceptions.AuthenticationFailed("token is disabled: its user is inactive")
         _touch(token)
         request.META["cdr.token_prefix"] = token.prefix  # for the request log
         return token.user, token

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import random
@@ -9,13 +10,16 @@ import secrets
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connection, transaction
 
 from cdrs import metrics
 from cdrs.ids import LOW_MASK, snowflake
 from cdrs.validation import INSERT_COLUMNS
+
+if TYPE_CHECKING:
+    from cdrs.models import ApiToken
 
 COUNTER_SLOTS = 16
 ID_SEQUENCE = "cdrs_cdr_id_low_seq"
@@ -77,9 +81,15 @@ def stage_rows(cur: Any, rows: Sequence[dict[str, Any]], generated: set[int] | N
     )
     cur.execute(f"TRUNCATE {STAGING_TABLE}")
     flags = generated or set()
-    with cur.connection.cursor().copy(
-        f"COPY {STAGING_TABLE} ({_COLS}, generated) FROM STDIN"
-    ) as copy:
+    # The raw psycopg cursor bypasses Django's error wrapping: without it a connection lost
+    # mid-COPY escapes as psycopg.OperationalError, which callers (the API's 503, the
+    # importer's one-line error, Django's "close an unusable connection") do not know.
+    with (
+        connection.wrap_database_errors,
+        cur.connection.cursor().copy(
+            f"COPY {STAGING_TABLE} ({_COLS}, generated) FROM STDIN"
+        ) as copy,
+    ):
         for row in rows:
             copy.write_row([row[c] for c in INSERT_COLUMNS] + [id(row) in flags])
 
@@ -134,9 +144,12 @@ def _stored_ids(rows: Sequence[dict[str, Any]]) -> tuple[dict[int, bool], dict[A
                 f"CREATE TEMP TABLE IF NOT EXISTS {LOOKUP_TABLE} (id bigint, natural_key uuid)"
             )
             cur.execute(f"TRUNCATE {LOOKUP_TABLE}")
-            with cur.connection.cursor().copy(
-                f"COPY {LOOKUP_TABLE} (id, natural_key) FROM STDIN"
-            ) as copy:
+            with (
+                connection.wrap_database_errors,  # as in stage_rows
+                cur.connection.cursor().copy(
+                    f"COPY {LOOKUP_TABLE} (id, natural_key) FROM STDIN"
+                ) as copy,
+            ):
                 for row in rows:
                     copy.write_row((row["id"], row["natural_key"]))
             cur.execute(
@@ -215,4 +228,91 @@ def cdr_ingest(rows: list[dict[str, Any]]) -> IngestResult:
         else:  # pragma: no cover - needs five collisions in a row
             raise RuntimeError("could not assign unique ids")
         add_to_counter(result.created)
+    return result
+
+
+# --- ingest for a token: tenant isolation -------------------------------------------------
+#
+# A domain-limited token may store only CDRs of its domains, and no answer may tell it whether
+# a CDR outside its domains exists. Two rules make the answer a function of what the token
+# can see, and lose nothing:
+#
+# - Ids are one space shared by every tenant, so a chosen id that is free and one held by an
+#   invisible CDR must be answered alike: such a token's id is honoured only for a CDR it can
+#   see (a re-send is a duplicate, as for anyone); a new CDR always gets an assigned id.
+# - For such a token a CDR is the same as a stored one when the natural key *and* both
+#   domains match (the stored one is then visible to it). A CDR whose natural key is held by
+#   another CDR with other domains (visible or not) is stored too, under a key scoped to its
+#   domains, so the unique constraint still stores it exactly once.
+
+
+class OutsideTokenDomains(Exception):
+    """CDRs of a domain-limited token with neither domain in its set (nothing was stored)."""
+
+    def __init__(self, indexes: list[int]) -> None:
+        super().__init__(f"{len(indexes)} CDR(s) outside the token's domains")
+        self.indexes = indexes
+
+
+def _lower_domains(row: dict[str, Any]) -> tuple[str, str]:
+    return (row["caller_domain"] or "").lower(), (row["callee_domain"] or "").lower()
+
+
+def scoped_natural_key(plain_key: str, row: dict[str, Any]) -> str:
+    """The natural key of a CDR whose plain key another CDR with other domains holds."""
+    caller_domain, callee_domain = _lower_domains(row)
+    raw = "\0".join(("scoped", plain_key, caller_domain, callee_domain)).encode()
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def cdr_ingest_for_token(rows: Sequence[dict[str, Any]], *, token: ApiToken) -> IngestResult:
+    """``cdr_ingest`` for a client's token: a domain-limited token stays inside its domains.
+
+    Raises ``OutsideTokenDomains`` (before writing anything) when a CDR has neither
+    caller_domain nor callee_domain in the token's domains. The result never carries the id
+    of a CDR the token cannot see, and never differs by whether such a CDR exists. Tokens
+    without domains get exactly ``cdr_ingest``.
+    """
+    domains = set(token.domains or ())
+    if not domains:
+        return cdr_ingest(list(rows))
+    outside = [i for i, row in enumerate(rows) if not domains.intersection(_lower_domains(row))]
+    if outside:
+        raise OutsideTokenDomains(outside)
+    from cdrs.models import Cdr
+    from cdrs.selectors import cdrs_for_token
+
+    rows = list(rows)
+    plain_keys = [row["natural_key"] for row in rows]
+    with transaction.atomic():
+        given = {row["id"] for row in rows if row["id"] is not None}
+        own_ids = set(cdrs_for_token(token).filter(pk__in=given).values_list("pk", flat=True))
+        for row in rows:
+            if row["id"] not in own_ids:
+                row["id"] = None
+        kept_ids = [row["id"] for row in rows]
+        result = cdr_ingest(rows)
+        pending: list[int] = list(range(len(rows)))
+        for _attempt in range(3):
+            # A row answered with another CDR's id matched it by natural key (an own id is
+            # answered as itself): the same CDR only if the domains match too.
+            matched = {i: result.ids[i] for i in pending if result.ids[i] != rows[i]["id"]}
+            stored = Cdr.objects.filter(pk__in=set(matched.values())).values_list(
+                "pk", "caller_domain", "callee_domain"
+            )
+            domains_by_id = {pk: (a.lower(), b.lower()) for pk, a, b in stored}
+            other = [i for i, pk in matched.items() if domains_by_id[pk] != _lower_domains(rows[i])]
+            if not other:
+                break
+            for i in other:
+                rows[i]["natural_key"] = scoped_natural_key(plain_keys[i], rows[i])
+                rows[i]["id"] = kept_ids[i]
+            again = cdr_ingest([rows[i] for i in other])
+            for position, i in enumerate(other):
+                result.ids[i] = again.ids[position]
+            result.created += again.created
+            result.duplicates -= again.created
+            pending = other
+        else:  # pragma: no cover - a scoped key is only ever held by a CDR of the same domains
+            raise RuntimeError("could not tell a stored CDR from a new one")
     return result

@@ -53,12 +53,16 @@ class MintedToken:
 def mint_token(
     *,
     username: str,
-    scopes: list[str] | tuple[str, ...] = ("read", "billing"),
+    scopes: list[str] | tuple[str, ...] = ("read",),
     domains: list[str] | tuple[str, ...] = (),
     expires_in_days: int | None = None,
     name: str = "",
 ) -> MintedToken:
-    """Create a token for a user (created if missing); returns the plain token once."""
+    """Create a token for a user (created if missing); returns the plain token once.
+
+    Least privilege: without ``scopes`` the token can only read; billing and write are
+    always asked for by name.
+    """
     unknown = set(scopes) - set(SCOPES)
     if unknown:
         raise ValueError(f"unknown scope(s): {', '.join(sorted(unknown))}")

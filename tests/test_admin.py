@@ -428,6 +428,16 @@ def test_token_created_in_the_admin_shows_its_secret_once_and_stores_only_a_dige
     assert "acme.test, pbx.example.com, sales.example.com" in change
 
 
+def test_new_token_form_offers_read_only_by_default(admin_client):
+    html = admin_client.get(f"{TOKENS}add/").content.decode()
+    boxes = {
+        name: re.search(rf'<input[^>]*name="{name}"[^>]*>', html).group(0)
+        for name in ("scope_read", "scope_billing", "scope_write")
+    }
+    assert "checked" in boxes["scope_read"]
+    assert "checked" not in boxes["scope_billing"] and "checked" not in boxes["scope_write"]
+
+
 def test_token_form_needs_a_scope_and_a_future_expiry(admin_client, admin_user):
     response = _add_token(
         admin_client, admin_user.pk, scope_read="", scope_billing="", scope_write=""

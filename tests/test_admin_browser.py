@@ -151,7 +151,10 @@ def test_admin_flow_in_a_browser(live_server, browser, plain_http, django_user_m
     wait_for(driver, "#apitoken_form")
     Select(driver.find_element(By.ID, "id_user")).select_by_visible_text("root")
     driver.find_element(By.ID, "id_name").send_keys("wallboard")
-    driver.find_element(By.ID, "id_scope_billing").click()  # on by default: turn it off
+    # Least privilege: only read is ticked on a new token.
+    assert driver.find_element(By.ID, "id_scope_read").is_selected()
+    assert not driver.find_element(By.ID, "id_scope_billing").is_selected()
+    assert not driver.find_element(By.ID, "id_scope_write").is_selected()
     driver.find_element(By.ID, "id_domains").send_keys("PBX.example.com, acme.test")
     driver.find_element(By.NAME, "_save").click()
     wait_for(driver, "#new-api-token")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from datetime import timedelta
+from decimal import Decimal
 
 import orjson
 import pytest
@@ -12,7 +13,9 @@ from django.core.management.base import CommandError
 from django.test import Client
 from django.utils import timezone
 
+from cdrs.ids import encode_id
 from cdrs.models import ApiToken, Cdr
+from tests.factories import cdr_payload, create_cdr
 
 pytestmark = pytest.mark.django_db
 
@@ -28,10 +31,28 @@ def test_create_token_prints_only_the_token_on_the_last_line():
     token = out.strip().splitlines()[-1]
     assert token.startswith("cdr_") and " " not in token
     stored = ApiToken.objects.get(user__username="alice")
-    assert stored.scopes == ["read", "billing"]  # the default
+    assert stored.scopes == ["read"]  # the default: least privilege
     assert token not in err and stored.prefix in err
-    response = Client().get("/api/cdrs", HTTP_AUTHORIZATION=f"Bearer {token}")
-    assert response.status_code == 200
+    api = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert api.get("/api/cdrs").status_code == 200
+
+
+def test_create_token_without_scope_can_read_but_neither_see_costs_nor_write():
+    out, err = run("create_token", "erin")
+    api = Client(HTTP_AUTHORIZATION=f"Bearer {out.strip().splitlines()[-1]}")
+    assert "scopes read." in err or "scopes read," in err
+    cdr = create_cdr(cost=Decimal("0.5"), billed_account="acct-1")
+    item = orjson.loads(api.get(f"/api/cdrs/{encode_id(cdr)}").content)["items"][0]
+    assert "cost" not in item and "billed_account" not in item
+    assert api.get("/api/cdrs", {"filter": "cost gt 0"}).status_code == 400
+    posted = api.post("/api/cdrs", cdr_payload(), content_type="application/json")
+    assert posted.status_code == 403
+    assert Cdr.objects.count() == 1
+
+
+def test_create_token_grants_billing_and_write_only_when_named():
+    run("create_token", "frank", "--scope", "read", "--scope", "billing", "--scope", "write")
+    assert ApiToken.objects.get(user__username="frank").scopes == ["read", "billing", "write"]
 
 
 def test_create_token_with_scopes_domains_and_expiry():
@@ -61,7 +82,8 @@ def test_create_token_rejects_bad_arguments(args):
 
 
 def test_list_tokens_never_shows_a_secret():
-    out, _ = run("create_token", "carol", "--domain", "c.example")
+    out, _ = run("create_token", "carol", "--domain", "c.example", "--scope", "read",
+                 "--scope", "billing")  # fmt: skip
     plain = out.strip().splitlines()[-1]
     listing, _ = run("list_tokens")
     token = ApiToken.objects.get()
@@ -108,6 +130,9 @@ def test_generate_cdrs_is_deterministic_and_importable(tmp_path):
 def test_seed_demo_only_fills_an_empty_database():
     out, _ = run("seed_demo", "--if-empty", "--rows", "30")
     assert "Loaded 30 demo CDRs" in out and "curl -H 'Authorization: Bearer cdr_" in out
+    # The demo token is the one that has every scope, and the output says so.
+    assert "every scope (read, billing, write;" in out
+    assert ApiToken.objects.get().scopes == ["read", "billing", "write"]
     assert Cdr.objects.count() == 30
     again, _ = run("seed_demo", "--if-empty", "--rows", "30")
     assert again == "" and Cdr.objects.count() == 30 and ApiToken.objects.count() == 1

@@ -147,7 +147,24 @@ class CdrViewSet(viewsets.ViewSet):
                 f"first: items[{first_index}].{field}: {why}",
                 {"items": [{"index": i, "errors": e} for i, e in bad]},
             )
-        result = services.cdr_ingest(rows)
+        token = token_of(request)
+        try:
+            result = services.cdr_ingest_for_token(rows, token=token)
+        except services.OutsideTokenDomains as exc:
+            from cdrs.api.errors import error_body
+
+            why = "neither caller_domain nor callee_domain is one of this token's domains"
+            named = ", ".join(token.domains[:5]) + (", ..." if len(token.domains) > 5 else "")
+            return Response(
+                error_body(
+                    403,
+                    f"{len(exc.indexes)} of {len(items)} CDRs are outside this token's domains "
+                    f"({named}), nothing was stored; "
+                    f"first: items[{exc.indexes[0]}]",
+                    {"items": [{"index": i, "errors": {"domains": why}} for i in exc.indexes]},
+                ),
+                status=403,
+            )
         return Response(
             {
                 "created": result.created,

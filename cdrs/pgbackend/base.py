@@ -16,6 +16,7 @@ from __future__ import annotations
 import select
 from typing import Any
 
+import psycopg
 from django.db.backends.postgresql import base
 
 
@@ -24,6 +25,8 @@ def _nothing_to_read(conn: Any) -> bool:
     try:
         readable, _, _ = select.select([conn.fileno()], [], [], 0)
     except (OSError, ValueError):  # a closed or invalid descriptor
+        return False
+    except psycopg.Error:  # psycopg knows the connection is lost (no descriptor)
         return False
     return not readable
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import orjson
@@ -121,3 +122,36 @@ def test_error_bodies_never_echo_the_token(api_client):
     plain = client.plain_token
     bad = Client().get("/api/cdrs", HTTP_AUTHORIZATION=f"Bearer {plain}x")
     assert plain.encode() not in bad.content
+
+
+def test_tokens_of_a_deactivated_user_are_401_on_every_endpoint(api_client, django_user_model):
+    client = api_client()
+    assert client.get("/api/cdrs").status_code == 200
+    django_user_model.objects.filter(pk=client.token.user_id).update(is_active=False)
+    for response in (
+        client.get("/api/cdrs"),
+        client.get("/api/cdrs/NzAwNTUxOTA5NzczMTQ4MTYw"),
+        client.get("/api/cdrs/export"),
+        client.post("/api/cdrs", cdr_payload(), content_type="application/json"),
+    ):
+        _assert_401(response)
+        assert "inactive" in _error(response)["message"]
+
+
+@override_settings(CDR_TOKEN_CACHE_SECONDS=1)
+def test_a_deactivated_user_is_locked_out_once_the_token_cache_expires(
+    api_client, django_user_model
+):
+    clear_token_cache()
+    client = api_client()
+    cached_at = time.monotonic()
+    assert client.get("/api/cdrs?count=false").status_code == 200  # now cached
+    django_user_model.objects.filter(pk=client.token.user_id).update(is_active=False)
+    # Within the window the cached token still answers (the documented trade-off)...
+    response = client.get("/api/cdrs?count=false")
+    if time.monotonic() - cached_at < 0.9:  # not on a machine too busy to tell
+        assert response.status_code == 200
+    time.sleep(max(0.0, cached_at + 1.05 - time.monotonic()))
+    # ...and once it has passed the user is out, like a revoked token.
+    _assert_401(client.get("/api/cdrs?count=false"))
+    clear_token_cache()

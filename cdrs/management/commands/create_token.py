@@ -21,7 +21,8 @@ class Command(BaseCommand):
             "--scope",
             action="append",
             choices=SCOPES,
-            help="read, billing or write; repeat for several (default: read and billing)",
+            help="read, billing or write; repeat for several (default: read only; billing and "
+            "write are granted only when named)",
         )
         parser.add_argument(
             "--domain",
@@ -36,7 +37,7 @@ class Command(BaseCommand):
         try:
             minted = mint_token(
                 username=options["username"],
-                scopes=options["scope"] or ["read", "billing"],
+                scopes=options["scope"] or ["read"],
                 domains=options["domain"],
                 expires_in_days=options["expires_in"],
                 name=options["name"],

@@ -8,6 +8,7 @@ from typing import IO, Any
 
 import orjson
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import InterfaceError, OperationalError
 
 from cdrs.importer import ImportFileError, ImportStats, import_file
 
@@ -102,6 +103,18 @@ class Command(BaseCommand):
                     )
                 except ImportFileError as exc:
                     raise CommandError(str(exc)) from exc
+                except (OperationalError, InterfaceError) as exc:
+                    progress.done()
+                    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    raise CommandError(
+                        f"{name}: database connection lost ({reason}); "
+                        + (
+                            "nothing from this file was loaded"
+                            if options["strict"]
+                            else "every committed batch is complete"
+                        )
+                        + ". Re-run the same command to finish: stored rows count as duplicates."
+                    ) from exc
                 except KeyboardInterrupt:
                     progress.done()
                     self.stderr.write(

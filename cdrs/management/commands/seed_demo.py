@@ -28,10 +28,14 @@ class Command(BaseCommand):
         created = 0
         for start in range(0, len(rows), 1000):
             created += cdr_ingest(rows[start : start + 1000]).created
+        # The demo token is the one token with every scope on purpose (a local trial reads,
+        # sees costs and ingests); create_token's default is read only.
         minted = mint_token(username="demo", scopes=("read", "billing", "write"), name="demo")
         port = options["port"]
+        scopes = ", ".join(minted.token.scopes)
         self.stdout.write(
-            f"\nLoaded {created} demo CDRs. A token with every scope (shown once):\n\n"
+            f"\nLoaded {created} demo CDRs. A demo token with every scope ({scopes}; "
+            "shown once):\n\n"
             f"  {minted.plain}\n\nTry:\n\n"
             f"  curl -H 'Authorization: Bearer {minted.plain}' "
             f"'http://127.0.0.1:{port}/api/cdrs?top=2'\n\n"
