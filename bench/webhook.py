@@ -231,6 +231,7 @@ def main() -> None:
     try:
         warm = phase("warm-up", server, token, "900000000", 0, 1, args, meter)
         new = phase("new", server, token, "900000001", 0, args.duration, args, meter)
+        common.wait_idle([server], url)  # the requests still in flight finish first
         stored_after_new = stored_cdrs(url)
         # Re-send, over and over, events each thread stored in the "new" phase: its first
         # `stored_each` (half its share, so every one of them was surely sent).
@@ -238,6 +239,7 @@ def main() -> None:
         again = phase(
             "re-delivered", server, token, "900000001", stored_each, args.duration, args, meter
         )
+        common.wait_idle([server], url)
     finally:
         server.stop()
         meter.close()
