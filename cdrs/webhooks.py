@@ -136,7 +136,7 @@ def _cdr_row(event: Any) -> dict[str, Any]:
         raise _rejected("body must be one JSON object: one PortSIP event")
     event_type = event_type_of(event)
     if event_type is None:
-        raise _rejected("event_type is missing: not a PortSIP event")
+        raise _rejected("event_type is missing (or not a string): not a PortSIP event")
     if event_type != CALL_CDR:
         raise _rejected(f"event_type {event_type!r} carries no CDR")
     try:
