@@ -1,4 +1,5 @@
-"""Admin: browse CDRs (read-only, cheap on a table of millions) and manage API tokens.
+"""Admin: browse CDRs (read-only, cheap on a table of millions), manage API tokens, and see
+the PortSIP webhook events that could not be stored (read-only).
 
 Every CDR changelist request costs a bounded number of index-served queries, whatever the
 size of the table: no COUNT(*) (the paginator looks one row ahead instead, and the total
@@ -10,6 +11,7 @@ counts and no unbounded "show all".
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -34,7 +36,7 @@ from django.utils.text import capfirst
 from cdrs import fields as spine
 from cdrs.admin_forms import ApiTokenForm
 from cdrs.ids import InvalidId, decode_id, encode_id
-from cdrs.models import ApiToken, Cdr
+from cdrs.models import ApiToken, Cdr, PortsipDeadLetter
 from cdrs.search import SearchDocument, search_q
 from cdrs.selectors import cdr_total
 from cdrs.tokens import assign_secret, token_is_live
@@ -723,3 +725,91 @@ class ApiTokenAdmin(admin.ModelAdmin):
         if not obj.enabled:
             return "revoked"
         return "active" if token_is_live(obj, timezone.now()) else "expired"
+
+
+# --- PortSIP dead letters ----------------------------------------------------------------------
+
+
+class ReplayedFilter(admin.SimpleListFilter):
+    """Waiting for a replay, or already stored by one."""
+
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("pending", "Not stored yet"), ("replayed", "Stored by a replay")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
+        if self.value() == "pending":
+            return queryset.filter(replayed_at__isnull=True)
+        if self.value() == "replayed":
+            return queryset.filter(replayed_at__isnull=False)
+        return None
+
+
+@admin.register(PortsipDeadLetter)
+class PortsipDeadLetterAdmin(admin.ModelAdmin):
+    """PortSIP webhook events that could not be stored: read-only, for diagnosis.
+
+    They leave this table only through ``manage.py replay_portsip_events``, which marks them
+    stored; nothing here edits or deletes one (the PBX has already been told 200, so this is
+    the only copy of the call).
+    """
+
+    list_display = (
+        "id",
+        "received_at",
+        "token_prefix",
+        "event_type",
+        "error_message",
+        "replay_attempts",
+        "state",
+    )
+    list_filter = (ReplayedFilter, "event_type")
+    search_fields = ("=token_prefix",)
+    ordering = ("-received_at", "-id")
+    list_per_page = 100
+    actions = None
+    fields = (
+        "id",
+        "received_at",
+        "token_prefix",
+        "token_domains",
+        "event_type",
+        "error_pretty",
+        "body_pretty",
+        "replay_attempts",
+        "replayed_at",
+        "replay_result",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: PortsipDeadLetter | None = None
+    ) -> bool:
+        return False
+
+    def has_delete_permission(
+        self, request: HttpRequest, obj: PortsipDeadLetter | None = None
+    ) -> bool:
+        return False
+
+    @admin.display(description="Error")
+    def error_message(self, obj: PortsipDeadLetter) -> str:
+        message = str((obj.error or {}).get("message", ""))
+        return message if len(message) <= 120 else message[:119] + "…"
+
+    @admin.display(description="State")
+    def state(self, obj: PortsipDeadLetter) -> str:
+        return "stored by a replay" if obj.replayed_at else "not stored yet"
+
+    @admin.display(description="Error")
+    def error_pretty(self, obj: PortsipDeadLetter) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(obj.error, indent=2, ensure_ascii=False))
+
+    @admin.display(description="Body as received")
+    def body_pretty(self, obj: PortsipDeadLetter) -> str:
+        return format_html('<pre style="white-space: pre-wrap">{}</pre>', obj.body)

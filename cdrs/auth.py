@@ -6,6 +6,8 @@ look it up by its public prefix, comparing digests in constant time.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import threading
 import time
@@ -97,18 +99,73 @@ class BearerTokenAuthentication(BaseAuthentication):
             raise exceptions.AuthenticationFailed(
                 "malformed Authorization header: expected 'Bearer <token>'"
             )
-        token = _lookup(plain)
-        if token is None:
-            raise exceptions.AuthenticationFailed("invalid token")
-        if not token_is_live(token, timezone.now()):
-            raise exceptions.AuthenticationFailed("token is disabled or expired")
-        if not token.user.is_active:
-            # A deactivated user's tokens stop like revoked ones: the cached token carries
-            # the user as loaded, so this holds within CDR_TOKEN_CACHE_SECONDS.
-            raise exceptions.AuthenticationFailed("token is disabled: its user is inactive")
-        _touch(token)
-        request.META["cdr.token_prefix"] = token.prefix  # for the request log
-        return token.user, token
+        return _authenticate_token(request, plain)
 
     def authenticate_header(self, request: Request) -> str:
         return self.keyword
+
+
+def _authenticate_token(request: Request, plain: str) -> tuple[Any, ApiToken]:
+    """(user, token) for a live token, else 401; the same checks whatever carried it."""
+    token = _lookup(plain)
+    if token is None:
+        raise exceptions.AuthenticationFailed("invalid token")
+    if not token_is_live(token, timezone.now()):
+        raise exceptions.AuthenticationFailed("token is disabled or expired")
+    if not token.user.is_active:
+        # A deactivated user's tokens stop like revoked ones: the cached token carries
+        # the user as loaded, so this holds within CDR_TOKEN_CACHE_SECONDS.
+        raise exceptions.AuthenticationFailed("token is disabled: its user is inactive")
+    _touch(token)
+    request.META["cdr.token_prefix"] = token.prefix  # for the request log
+    return token.user, token
+
+
+class BasicTokenScheme(OpenApiAuthenticationExtension):
+    """Describes HTTP Basic with the token as the password in the OpenAPI schema."""
+
+    target_class = "cdrs.auth.BasicTokenAuthentication"
+    name = "basicAuth"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {
+            "type": "http",
+            "scheme": "basic",
+            "description": "HTTP Basic: any user name, an API token as the password "
+            "(for PBXs that can only send Basic; the PortSIP webhook only)",
+        }
+
+
+class BasicTokenAuthentication(BaseAuthentication):
+    """``Authorization: Basic base64(<anything>:<token>)``: the password is an API token.
+
+    For senders that offer Basic but not Bearer (a PortSIP PBX's webhook settings offer
+    both). Only the webhook view lists it, before BearerTokenAuthentication: it passes
+    (returns None) on any other scheme, so Bearer still answers a missing or malformed
+    header. Not used on the rest of the API, whose contract is Bearer only: a Basic
+    challenge there would make browsers prompt for a password, and Basic credentials are
+    easily pasted into URLs (``https://x:token@host/``) that end up in logs.
+    """
+
+    keyword = "Basic"
+
+    def authenticate(self, request: Request) -> tuple[Any, ApiToken] | None:
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, ValueError) as exc:
+            raise exceptions.AuthenticationFailed(
+                "malformed Authorization header: expected 'Basic base64(user:token)'"
+            ) from exc
+        _user, sep, plain = decoded.partition(":")  # the user name is ignored
+        if not sep or not plain:
+            raise exceptions.AuthenticationFailed(
+                "Basic authentication: the password must be an API token"
+            )
+        return _authenticate_token(request, plain)
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Basic realm="api", charset="UTF-8"'

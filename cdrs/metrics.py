@@ -6,6 +6,10 @@ Series (all prefixed ``cdr_``):
 - ``cdr_http_request_duration_seconds{endpoint,method,status}`` (histogram)
 - ``cdr_db_queries_total{endpoint}``: SQL statements run on the default database
 - ``cdr_cdrs_ingested_total``: CDRs stored (API ingest and ``import_cdrs``), counted on commit
+- ``cdr_portsip_events_total{event_type,outcome}``: PortSIP webhook events by type
+  (``call_cdr``, ``call_start``..., ``other`` for a type PortSIP does not document, ``none``
+  when missing) and outcome (``created``, ``duplicate``, ``ignored``, ``dead_lettered``,
+  ``forbidden``)
 
 ``endpoint`` is the resolved URL name (``cdr-list``, ``cdr-detail``, ``admin:index``...),
 ``static`` for files WhiteNoise serves and ``unmatched`` for anything no route matched, so
@@ -117,6 +121,11 @@ DB_QUERIES = Counter(
     ["endpoint"],
 )
 CDRS_INGESTED = Counter("cdr_cdrs_ingested", "CDRs stored (API ingest and import), on commit.")
+PORTSIP_EVENTS = Counter(
+    "cdr_portsip_events",
+    "PortSIP webhook events received, by event type and outcome.",
+    ["event_type", "outcome"],
+)
 
 # (endpoint, method, status) -> label children; saves the labels() lookup on the hot path.
 _children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
@@ -191,6 +200,12 @@ def count_ingested(created: int) -> None:
     """Count ``created`` stored CDRs once the caller's transaction commits (now if none)."""
     if created > 0 and getattr(settings, "CDR_METRICS", True):
         transaction.on_commit(functools.partial(CDRS_INGESTED.inc, created))
+
+
+def count_portsip_event(event_type: str, outcome: str) -> None:
+    """Count one PortSIP webhook event; ``event_type`` must come from a fixed set (labels)."""
+    if getattr(settings, "CDR_METRICS", True):
+        PORTSIP_EVENTS.labels(event_type, outcome).inc()
 
 
 # --- /metrics ---

@@ -164,3 +164,35 @@ class ApiToken(models.Model):
         names = [("read", self.scope_read), ("billing", self.scope_billing)]
         names.append(("write", self.scope_write))
         return [name for name, on in names if on]
+
+
+class PortsipDeadLetter(models.Model):
+    """A PortSIP webhook event that could not be stored as a CDR, kept whole for a replay.
+
+    The PBX got a 200 for it (a retry would fail the same way), so this row is the only copy:
+    ``manage.py replay_portsip_events`` maps it again after a fix. ``token_domains`` is the
+    sender's domain limit when the event arrived; a replay applies it, so a tenant cannot
+    reach another tenant's domains through the dead-letter table.
+    """
+
+    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    token_prefix = models.CharField(max_length=16, blank=True, default="")
+    token_domains = models.JSONField(default=list, blank=True)
+    # "" when the body had no usable event_type (or was not an object).
+    event_type = models.CharField(max_length=64, blank=True, default="")
+    # The request body exactly as received (a JSON text: it parsed, so it is valid UTF-8).
+    body = models.TextField()
+    # The latest failure in the contract's error-entry shape: {"code", "message", "detail"}.
+    error = models.JSONField(default=dict)
+    replay_attempts = models.IntegerField(default=0)
+    replayed_at = models.DateTimeField(null=True, blank=True)
+    # {"created", "duplicates", "ids"} of the replay that stored it.
+    replay_result = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        db_table = "cdrs_portsip_dead_letter"
+        verbose_name = "PortSIP dead letter"
+        ordering = ("-received_at", "-id")
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.event_type or '(no event_type)'} from {self.token_prefix}"

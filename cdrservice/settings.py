@@ -112,6 +112,9 @@ MESSAGE_STORAGE = "django.contrib.messages.storage.cookie.CookieStorage"
 
 # Request bodies: a 1000-CDR ingest batch is well under this; larger is a 413.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("CDR_MAX_BODY_BYTES", 8 * 1024 * 1024)
+# One PortSIP webhook event (a call and its targets) is a few kilobytes; its body is kept
+# whole when it cannot be stored, so the limit is lower than for ingest batches.
+CDR_WEBHOOK_MAX_BODY_BYTES = env_int("CDR_WEBHOOK_MAX_BODY_BYTES", 1024 * 1024)
 
 # --- Security (manage.py check --deploy is clean when DEBUG is off) ---
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)

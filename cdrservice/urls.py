@@ -1,12 +1,13 @@
-"""Routes: /api/ (CDRs, schema, docs), /admin/, /healthz, /readyz, /metrics."""
+"""Routes: /api/ (CDRs, PortSIP webhook, schema, docs), /admin/, /healthz, /readyz, /metrics."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
 from cdrs import health, metrics
 from cdrs.api.views import CdrViewSet
+from cdrs.api.webhooks import PortsipWebhookView
 
 router = SimpleRouter()
 router.trailing_slash = "/?"  # PortSIP's paths have none; a trailing slash is accepted too
@@ -15,6 +16,9 @@ router.register("cdrs", CdrViewSet, basename="cdr")
 urlpatterns = [
     path("api/schema", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    # With or without a trailing slash and never a redirect: PortSIP would not follow one
+    # with its POST, and a 404 makes it drop the event.
+    re_path(r"^api/webhooks/portsip/?$", PortsipWebhookView.as_view(), name="portsip-webhook"),
     path("api/", include(router.urls)),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),

@@ -39,3 +39,26 @@ class DecimalJSONParser(BaseParser):
             raise ParseError("request body is not UTF-8") from exc
         except (ValueError, RecursionError) as exc:
             raise ParseError(f"JSON parse error: {str(exc)[:200]}") from exc
+
+
+class RawBodyParser(BaseParser):
+    """Any media type, the body as bytes (at most CDR_WEBHOOK_MAX_BODY_BYTES), unparsed.
+
+    For the PortSIP webhook: PortSIP does not document its Content-Type, and a 415 would
+    only make the PBX retry and then drop the event. The view parses the JSON itself, so it
+    can keep the exact text of an event it cannot store.
+    """
+
+    media_type = "*/*"
+
+    def parse(  # type: ignore[override]  # raw bytes, by design
+        self,
+        stream: IO[bytes],
+        media_type: str | None = None,
+        parser_context: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        limit = settings.CDR_WEBHOOK_MAX_BODY_BYTES
+        raw = stream.read(limit + 1) if stream is not None else b""
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        return raw
