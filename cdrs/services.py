@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 COUNTER_SLOTS = 16
 ID_SEQUENCE = "cdrs_cdr_id_low_seq"
 _INSERT_CHUNK = 500  # rows per INSERT statement (SQLite allows 32766 parameters)
+# Up to this many rows a batch is written with one multi-row INSERT and looked up with plain
+# queries, on PostgreSQL too: the COPY path's temp tables cost four round trips, which is
+# most of the time of a one-CDR POST or a PortSIP webhook event.
+SMALL_BATCH = 20
 
 # SQLite has no sequences: a per-process counter from a random start. The primary key still
 # guarantees uniqueness; a collision is detected and the CDR gets a fresh id (see below).
@@ -68,39 +72,34 @@ STAGING_TABLE = "cdr_staging"
 _COLS = ", ".join(INSERT_COLUMNS)
 
 
-def stage_rows(cur: Any, rows: Sequence[dict[str, Any]], generated: set[int] | None = None) -> None:
+def _stage_rows(cur: Any, rows: Sequence[dict[str, Any]]) -> None:
     """COPY validated rows into a per-connection temporary staging table (PostgreSQL).
 
-    ``generated`` holds the Python ids (``id(row)``) of rows whose CDR id was generated
-    here, for the collision check in the importer. COPY costs a fraction of a multi-row
-    INSERT: no SQL text to build and parse for thousands of parameters.
+    COPY costs a fraction of a multi-row INSERT for large batches: no SQL text to build
+    and parse for thousands of parameters.
     """
     cur.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} "
-        "(LIKE cdrs_cdr INCLUDING DEFAULTS, generated boolean NOT NULL DEFAULT false)"
+        f"CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (LIKE cdrs_cdr INCLUDING DEFAULTS)"
     )
     cur.execute(f"TRUNCATE {STAGING_TABLE}")
-    flags = generated or set()
     # The raw psycopg cursor bypasses Django's error wrapping: without it a connection lost
     # mid-COPY escapes as psycopg.OperationalError, which callers (the API's 503, the
     # importer's one-line error, Django's "close an unusable connection") do not know.
     with (
         connection.wrap_database_errors,
-        cur.connection.cursor().copy(
-            f"COPY {STAGING_TABLE} ({_COLS}, generated) FROM STDIN"
-        ) as copy,
+        cur.connection.cursor().copy(f"COPY {STAGING_TABLE} ({_COLS}) FROM STDIN") as copy,
     ):
         for row in rows:
-            copy.write_row([row[c] for c in INSERT_COLUMNS] + [id(row) in flags])
+            copy.write_row([row[c] for c in INSERT_COLUMNS])
 
 
 def _insert_rows(rows: Sequence[dict[str, Any]]) -> set[int]:
     """INSERT ... ON CONFLICT DO NOTHING; returns the ids that were inserted."""
     from cdrs.models import Cdr
 
-    if connection.vendor == "postgresql":
+    if connection.vendor == "postgresql" and len(rows) > SMALL_BATCH:
         with connection.cursor() as cur:
-            stage_rows(cur, rows)
+            _stage_rows(cur, rows)
             cur.execute(
                 f"INSERT INTO cdrs_cdr ({_COLS}) SELECT {_COLS} FROM {STAGING_TABLE} "
                 "ON CONFLICT DO NOTHING RETURNING id"
@@ -136,7 +135,7 @@ def _stored_ids(rows: Sequence[dict[str, Any]]) -> tuple[dict[int, bool], dict[A
     """Which given ids exist, and the stored id of each natural key that exists."""
     from cdrs.models import Cdr
 
-    if connection.vendor == "postgresql":
+    if connection.vendor == "postgresql" and len(rows) > SMALL_BATCH:
         # A join with the keys COPYed into a temp table: a re-import is all duplicates, and
         # IN lists of 10,000 parameters cost more to build and parse than the join to run.
         with connection.cursor() as cur:
