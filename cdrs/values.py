@@ -59,9 +59,7 @@ def parse_decimal(text: str) -> Decimal:
     if exponent is not None:
         magnitude = exponent.lstrip("+-").lstrip("0")
         if len(magnitude) > 3 or int(magnitude or "0") > NUMBER_MAX_EXPONENT:
-            raise ValueError(
-                f"number {_clip(text)} has an exponent beyond ±{NUMBER_MAX_EXPONENT}"
-            )
+            raise ValueError(f"number {_clip(text)} has an exponent beyond ±{NUMBER_MAX_EXPONENT}")
     return Decimal(text)
 
 

@@ -63,9 +63,7 @@ def error_body(status_code: int, message: str, detail: Any = None) -> dict[str, 
 def _suspicious_message(exc: Exception | None) -> str:
     """What a client did wrong, for Django's request-parsing refusals (never internals)."""
     if isinstance(exc, TooManyFieldsSent):
-        return (
-            f"too many query parameters: at most {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS}"
-        )
+        return f"too many query parameters: at most {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS}"
     return "bad request"
 
 
