@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 ID_MIN: Final = 1
@@ -22,6 +22,9 @@ LOW_BITS: Final = 22
 LOW_MASK: Final = (1 << LOW_BITS) - 1
 SNOWFLAKE_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
 _SNOWFLAKE_EPOCH_MS: Final = int(SNOWFLAKE_EPOCH.timestamp() * 1000)
+# The last whole second a snowflake can encode (2069-09-06T15:47:35Z): 41 bits of
+# milliseconds above the 22 low bits fill a positive 64-bit integer.
+SNOWFLAKE_MAX_TIME: Final = SNOWFLAKE_EPOCH + timedelta(seconds=(ID_MAX >> LOW_BITS) // 1000)
 
 _B64_RE: Final = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _DECIMAL_RE: Final = re.compile(rb"[1-9][0-9]{0,18}")

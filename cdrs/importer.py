@@ -18,15 +18,15 @@ import contextlib
 import csv
 import gzip
 import io
-import json
 import os
 import queue
+import re
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import IO, Any
 
 from django.db import transaction
@@ -35,6 +35,7 @@ from cdrs import services
 from cdrs.export import ESCAPE
 from cdrs.fields import ALL_FIELD_NAMES
 from cdrs.validation import CdrInvalid, validate_cdr
+from cdrs.values import loads_json
 
 BATCH_ROWS = 10_000
 csv.field_size_limit(64 * 1024)
@@ -89,8 +90,8 @@ class _CountingReader(io.RawIOBase):
         return n
 
 
-def open_source(path: str) -> tuple[IO[bytes], _CountingReader, int | None]:
-    """(decompressed byte stream, byte counter of the raw file, raw size or None)."""
+def open_source(path: str) -> tuple[IO[bytes], _CountingReader, int | None, bool]:
+    """(decompressed byte stream, byte counter of the raw file, raw size or None, gzipped)."""
     if path == "-":
         raw: IO[bytes] = sys.stdin.buffer
         size = None
@@ -103,26 +104,61 @@ def open_source(path: str) -> tuple[IO[bytes], _CountingReader, int | None]:
     counter = _CountingReader(raw)
     stream: IO[bytes] = io.BufferedReader(counter, buffer_size=1 << 20)
     head = stream.peek(2)[:2]  # type: ignore[attr-defined]
-    if head == b"\x1f\x8b":
+    gzipped = head == b"\x1f\x8b"
+    if gzipped:
         stream = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
-    return stream, counter, size
+    return stream, counter, size, gzipped
+
+
+def _read_errors_as_file_errors(
+    records: Iterator[Record], path: str, gzipped: bool
+) -> Iterator[Record]:
+    """A file that cannot be read to its end is one clear error, never a traceback.
+
+    A truncated .gz ends in EOFError, a corrupt one in BadGzipFile (an OSError) or
+    zlib.error. What was loaded before stays as the mode says: nothing when strict,
+    whole batches when lenient (a re-run skips them as duplicates).
+    """
+    try:
+        yield from records
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise ImportFileError(f"{path}: compressed data is truncated or corrupt ({exc})") from None
+    except OSError as exc:
+        if gzipped:
+            raise ImportFileError(
+                f"{path}: compressed data is truncated or corrupt ({exc})"
+            ) from None
+        raise ImportFileError(f"{path}: read error: {exc.strerror or exc}") from None
+
+
+# Undecodable bytes become lone surrogates (errors="surrogateescape"), so a row with invalid
+# UTF-8 is found where it is and rejected with its line number instead of ending the file.
+_UNDECODABLE_RE = re.compile("[\udc80-\udcff]")
+
+
+def _has_undecodable(cells: list[str]) -> bool:
+    joined = "".join(cells)
+    return not joined.isascii() and _UNDECODABLE_RE.search(joined) is not None
 
 
 Record = tuple[int, dict[str, Any] | None, str | None]  # (line, object, parse error)
 
 
 def iter_csv(stream: IO[bytes]) -> Iterator[Record]:
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="", errors="strict")
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="", errors="surrogateescape")
     reader = csv.reader(text)
     try:
         header = next(reader)
     except StopIteration:
         return
-    except (csv.Error, UnicodeDecodeError) as exc:
+    except csv.Error as exc:
         raise ImportFileError(f"unreadable CSV header: {exc}") from exc
+    if _has_undecodable(header):
+        raise ImportFileError("unreadable CSV header: not valid UTF-8")
     unknown = [h for h in header if h not in ALL_FIELD_NAMES]
     if unknown:
-        raise ImportFileError(f"unknown column(s) in the CSV header: {', '.join(unknown[:5])}")
+        shown = ", ".join(ascii(h)[1:-1] for h in unknown[:5])
+        raise ImportFileError(f"unknown column(s) in the CSV header: {shown}")
     if len(set(header)) != len(header):
         raise ImportFileError("a column appears twice in the CSV header")
     width = len(header)
@@ -137,10 +173,11 @@ def iter_csv(stream: IO[bytes]) -> Iterator[Record]:
             line = reader.line_num
             yield start, None, f"malformed CSV: {exc}"
             continue
-        except UnicodeDecodeError:
-            raise ImportFileError(f"line {start}: not valid UTF-8") from None
         line = reader.line_num
         if not cells:
+            continue
+        if _has_undecodable(cells):
+            yield start, None, "not valid UTF-8"
             continue
         if len(cells) != width:
             yield start, None, f"expected {width} cells, found {len(cells)}"
@@ -148,10 +185,6 @@ def iter_csv(stream: IO[bytes]) -> Iterator[Record]:
         # csv_unescape, inlined: this runs for every cell of every row (width checked above).
         row = {h: c[1:] if c[:1] == ESCAPE else c for h, c in zip(header, cells, strict=False)}
         yield start, row, None
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def iter_ndjson(stream: IO[bytes]) -> Iterator[Record]:
@@ -166,7 +199,7 @@ def iter_ndjson(stream: IO[bytes]) -> Iterator[Record]:
         if not text.strip():
             continue
         try:
-            obj = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+            obj = loads_json(text)
         except (ValueError, RecursionError) as exc:
             yield number, None, f"invalid JSON: {str(exc)[:120]}"
             continue
@@ -248,10 +281,12 @@ def import_file(
 ) -> ImportStats:
     """Import one file. Strict: all or nothing. Lenient: valid rows, batch by batch."""
     fmt = detect_format(path, fmt)
-    stream, counter, size = open_source(path)
+    stream, counter, size, gzipped = open_source(path)
     stats = ImportStats()
     started = time.monotonic()
-    records = iter_csv(stream) if fmt == "csv" else iter_ndjson(stream)
+    records = _read_errors_as_file_errors(
+        iter_csv(stream) if fmt == "csv" else iter_ndjson(stream), path, gzipped
+    )
     batches = _validated_batches(
         records, text_mode=fmt == "csv", batch_rows=batch_rows, stats=stats, on_reject=on_reject
     )

@@ -2,9 +2,12 @@
 
 orjson (and the stdlib) can only write a Decimal through a float or as a string; the
 contract wants ``cost`` as a JSON number with its exact stored digits. So a Decimal is
-written as a marked string (NUL + "DEC:" + its digits) and the quotes and mark are then
-taken off. The mark cannot come from data: stored strings never contain NUL (validation
-rejects it; PostgreSQL cannot store it), and the pattern only matches a whole string value.
+handed back to orjson as an ``orjson.Fragment``: already-serialized JSON that orjson copies
+into the output as is. Only a finite Decimal becomes a fragment, and its text
+(``format(value, "f")``: an optional minus, digits, an optional point and digits) is always
+a valid JSON number, so no input can change the structure of the output. (An earlier
+version marked decimals inside strings and spliced the marks out afterwards; a string
+that began with the mark, such as an echoed query option name, could break the JSON.)
 """
 
 from __future__ import annotations
@@ -15,25 +18,14 @@ from typing import Any
 import orjson
 
 _OPTS = orjson.OPT_NON_STR_KEYS
-_MARK = "\x00DEC:"
-_MARKED_OPEN = b'"\\u0000DEC:'  # how orjson writes the start of a marked string
 
 
-def _default(value: Any) -> str:
+def _default(value: Any) -> orjson.Fragment:
     if isinstance(value, Decimal) and value.is_finite():
-        return _MARK + format(value, "f")
+        return orjson.Fragment(format(value, "f"))
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
 def dumps(obj: Any) -> bytes:
     """JSON bytes for ``obj``; Decimals become numbers with their exact digits."""
-    out = orjson.dumps(obj, default=_default, option=_OPTS)
-    start = out.find(_MARKED_OPEN)
-    while start >= 0:  # usually once (cost); plain slicing is several times faster than re
-        end = out.index(b'"', start + len(_MARKED_OPEN))
-        if out[start - 1 : start] in (b":", b",", b"["):
-            out = out[:start] + out[start + len(_MARKED_OPEN) : end] + out[end + 1 :]
-            start = out.find(_MARKED_OPEN, start)
-        else:
-            start = out.find(_MARKED_OPEN, end)
-    return out
+    return orjson.dumps(obj, default=_default, option=_OPTS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -10,6 +11,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+from _pytest.faulthandler import fault_handler_stderr_fd_key
 from django.test import Client
 
 from cdrs.tokens import mint_token
@@ -89,3 +91,25 @@ def empty_postgresql() -> Iterator[str]:
     finally:
         with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+HARD_TIMEOUT_SECONDS = 30
+
+
+@pytest.fixture
+def hard_timeout(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Ends the whole run (exit status 1, every thread's traceback on stderr) when a test
+    outlives HARD_TIMEOUT_SECONDS.
+
+    For tests whose failure mode is a hang inside one long C call, such as
+    int(Decimal("1e100000000")): that call holds the GIL, so neither a signal handler nor a
+    watchdog thread written in Python (pytest-timeout's two methods) runs until it returns.
+    faulthandler's watchdog is a C thread that needs no GIL.
+    """
+    # The real stderr that pytest's faulthandler plugin keeps (fd 2 is captured during tests).
+    stderr_fd = request.config.stash.get(fault_handler_stderr_fd_key, 2)
+    faulthandler.dump_traceback_later(HARD_TIMEOUT_SECONDS, exit=True, file=stderr_fd)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()

@@ -38,3 +38,26 @@ values = st.one_of(
 def test_output_is_valid_json_with_exact_values(obj):
     parsed = json.loads(dumps(obj), parse_float=Decimal)
     assert parsed == obj  # Decimals compare by value, exactly: no float anywhere
+
+
+# The old encoder wrote decimals as strings marked "\x00DEC:" and spliced the marks out
+# afterwards; a key or value that began with the mark (an echoed query option name) came
+# out as broken JSON. Decimals are orjson fragments now: no text can steer the output.
+marked = st.text(max_size=12).map(lambda s: "\x00DEC:" + s)
+
+
+@given(
+    st.dictionaries(
+        st.one_of(marked, st.text(max_size=8)),
+        st.one_of(marked, values),
+        max_size=6,
+    )
+)
+def test_text_starting_with_the_old_decimal_mark_stays_json(obj):
+    assert json.loads(dumps(obj), parse_float=Decimal) == obj
+
+
+def test_echoed_option_name_with_the_old_mark_is_json():
+    name = '\x00DEC:1,"admin":true'
+    body = {"errors": [{"code": "VALIDATE_FAILED", "message": name, "detail": {"option": name}}]}
+    assert json.loads(dumps(body)) == body

@@ -10,7 +10,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import (
+    PermissionDenied,
+    RequestDataTooBig,
+    SuspiciousOperation,
+    TooManyFieldsSent,
+)
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions, status
@@ -54,6 +60,13 @@ def error_body(status_code: int, message: str, detail: Any = None) -> dict[str, 
     return {"errors": [{"code": code, "message": message, "detail": detail or {}}]}
 
 
+def _suspicious_message(exc: Exception | None) -> str:
+    """What a client did wrong, for Django's request-parsing refusals (never internals)."""
+    if isinstance(exc, TooManyFieldsSent):
+        return f"too many query parameters: at most {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS}"
+    return "bad request"
+
+
 def _first_message(detail: Any) -> str:
     """A readable one-line message out of DRF's nested error details."""
     if isinstance(detail, dict):
@@ -75,6 +88,13 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     if isinstance(exc, ValidateFailed):
         body = error_body(400, exc.message, exc.extra)
         return Response(body, status=400)
+    if isinstance(exc, RequestDataTooBig):
+        message = f"request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes"
+        return Response(error_body(413, message), status=413)
+    if isinstance(exc, SuspiciousOperation):
+        # Django refuses to parse the request (e.g. TooManyFieldsSent when DRF first reads
+        # the query string, before authentication): the client's mistake, not ours.
+        return Response(error_body(400, _suspicious_message(exc)), status=400)
     if isinstance(exc, exceptions.APIException):
         if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
             exc.status_code = status.HTTP_401_UNAUTHORIZED
@@ -119,7 +139,7 @@ def json_500(request: HttpRequest) -> HttpResponse:
 
 def json_400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if request.path.startswith("/api/"):
-        return JsonResponse(error_body(400, "bad request"), status=400)
+        return JsonResponse(error_body(400, _suspicious_message(exception)), status=400)
     from django.views.defaults import bad_request
 
     return bad_request(request, exception or Exception())

@@ -1,10 +1,9 @@
-"""JSON request bodies with numbers parsed exactly (cost never goes through a float)."""
+"""JSON request bodies with numbers parsed exactly (cost never goes through a float) and
+bounded (see ``cdrs.values.loads_json``)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import IO, Any
 
 from django.conf import settings
@@ -12,10 +11,7 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import BaseParser
 
 from cdrs.api.errors import PayloadTooLarge
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
+from cdrs.values import loads_json
 
 
 class DecimalJSONParser(BaseParser):
@@ -32,9 +28,7 @@ class DecimalJSONParser(BaseParser):
         if len(raw) > limit:
             raise PayloadTooLarge(f"request body is larger than {limit} bytes")
         try:
-            return json.loads(
-                raw.decode("utf-8"), parse_float=Decimal, parse_constant=_reject_constant
-            )
+            return loads_json(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
             raise ParseError("request body is not UTF-8") from exc
         except (ValueError, RecursionError) as exc:

@@ -41,7 +41,7 @@ from django.db.models import Q
 
 from cdrs.fields import COST_MAX_DIGITS, FIELDS_BY_NAME, CdrField, Kind
 from cdrs.ids import InvalidId, decode_id
-from cdrs.values import parse_rfc3339
+from cdrs.values import parse_integer, parse_rfc3339
 
 MAX_FILTER_LENGTH: Final = 2000
 MAX_DEPTH: Final = 32  # nesting of parentheses and `not`
@@ -422,8 +422,11 @@ def _convert(field: CdrField, literal: _Token) -> _Value:
     if kind is Kind.INTEGER:
         if literal.type is not _T.INTEGER:
             raise _mismatch("an integer", field, literal)
-        value = int(literal.text)  # at most MAX_FILTER_LENGTH digits: within int()'s limit
-        if not _INT64_MIN <= value <= _INT64_MAX:
+        try:
+            value = parse_integer(literal.text)  # bounded before converting
+        except ValueError:
+            value = None
+        if value is None or not _INT64_MIN <= value <= _INT64_MAX:
             raise FilterError(
                 f"integer {literal.text[:40]} is out of range for '{field.name}'", literal.pos
             )

@@ -16,6 +16,7 @@ from django.db.models import Q
 from cdrs.query.cursor import CursorError, decode_cursor
 from cdrs.query.orderby import OrderbyError, OrderTerm, parse_orderby
 from cdrs.query.plain import PLAIN_FILTER_NAMES, PlainFilterError, plain_filter_q
+from cdrs.values import parse_integer
 
 TOP_DEFAULT = 100
 TOP_MAX = 1000
@@ -57,10 +58,10 @@ def _int(params: Mapping[str, list[str]], name: str, default: int, lo: int, hi: 
     raw = _single(params, name)
     if raw is None:
         return default
-    text = raw.strip()
-    if not text.lstrip("-").isdigit() or len(text) > 12:
-        raise OptionError(name, f"must be an integer between {lo} and {hi}")
-    value = int(text)
+    try:
+        value = parse_integer(raw.strip())  # ASCII digits only, bounded before converting
+    except ValueError:
+        raise OptionError(name, f"must be an integer between {lo} and {hi}") from None
     if not lo <= value <= hi:
         raise OptionError(name, f"must be between {lo} and {hi}")
     return value

@@ -26,7 +26,7 @@ from drf_spectacular.utils import extend_schema_field
 
 from cdrs.fields import DIRECTIONS, DURATION_MAX, END_REASONS
 from cdrs.models import Cdr
-from cdrs.values import parse_rfc3339
+from cdrs.values import parse_integer, parse_rfc3339
 
 
 class Rfc3339Field(forms.Field):
@@ -72,8 +72,21 @@ class AnsweredFilter(django_filters.Filter):
         return qs.filter(as_q(self, value))
 
 
+class AsciiIntegerField(forms.IntegerField):
+    """forms.IntegerField for ASCII digits only, bounded before converting (int() alone
+    takes "٥" and converts up to 4,300 digits)."""
+
+    def to_python(self, value: Any) -> int | None:
+        if value in self.empty_values:
+            return None
+        try:
+            return parse_integer(str(value).strip())
+        except ValueError:
+            raise forms.ValidationError(self.error_messages["invalid"], code="invalid") from None
+
+
 class IntegerFilter(django_filters.NumberFilter):
-    field_class = forms.IntegerField
+    field_class = AsciiIntegerField
 
 
 def _choice(values: tuple[str, ...]) -> django_filters.ChoiceFilter:

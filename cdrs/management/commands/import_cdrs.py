@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import IO, Any
@@ -11,6 +12,19 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import InterfaceError, OperationalError
 
 from cdrs.importer import ImportFileError, ImportStats, import_file
+
+
+def reject_line(entry: dict[str, Any]) -> bytes:
+    """One line of the rejects file. A record with lone surrogates (JSON "\\ud800", which
+    orjson refuses to write) is written by the stdlib as the same escapes it came in as."""
+    try:
+        return orjson.dumps(entry, default=str) + b"\n"
+    except orjson.JSONEncodeError:
+        pass
+    try:
+        return json.dumps(entry, default=str, ensure_ascii=True).encode("ascii") + b"\n"
+    except (ValueError, RecursionError):  # nested too deep to write back: the line says where
+        return orjson.dumps({**entry, "record": None}, default=str) + b"\n"
 
 
 class _Progress:
@@ -89,7 +103,7 @@ class Command(BaseCommand):
                 ) -> None:
                     if rejects_out is not None:
                         entry = {"file": name, "line": line, "errors": errors, "record": record}
-                        rejects_out.write(orjson.dumps(entry, default=str) + b"\n")
+                        rejects_out.write(reject_line(entry))
 
                 progress = _Progress(self.stderr._out, name)  # type: ignore[arg-type]
                 try:
