@@ -9,10 +9,8 @@ and drops the event after five retries, so an event that cannot be stored is kep
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, Final
 
 from django.db import transaction
@@ -30,6 +28,7 @@ from cdrs.portsip import (
 )
 from cdrs.services import IngestResult, OutsideTokenDomains, cdr_ingest_for_token
 from cdrs.validation import CdrInvalid, validate_cdr
+from cdrs.values import loads_json
 
 log = logging.getLogger("cdrs.webhook")
 
@@ -59,12 +58,8 @@ class WebhookOutcome:
     dead_letter: PortsipDeadLetter | None = None
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def parse_event(raw: bytes) -> tuple[str, Any]:
-    """(text, value) of a JSON body; numbers with a fraction as exact Decimals."""
+    """(text, value) of a JSON body: decimals exact, every number bounded (``loads_json``)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -73,9 +68,7 @@ def parse_event(raw: bytes) -> tuple[str, Any]:
         raise EventNotJson("request body is empty: expected a PortSIP event (a JSON object)")
     try:
         # A UTF-8 byte order mark is not JSON, but harmless: skip it.
-        value = json.loads(
-            text.removeprefix("\ufeff"), parse_float=Decimal, parse_constant=_reject_constant
-        )
+        value = loads_json(text.removeprefix("\ufeff"))
     except (ValueError, RecursionError) as exc:
         raise EventNotJson(f"request body is not JSON: {str(exc)[:200]}") from exc
     return text, value
