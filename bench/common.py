@@ -336,6 +336,7 @@ def generated(rows: int, env: dict[str, str], *, seed: int = 1, fmt: str = "csv"
             fmt,
             "-o",
             str(part),
+            "--no-trailer",  # rows only: a bare COPY and the POST batches read every line
         ],
         env,
     )
