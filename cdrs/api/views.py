@@ -164,6 +164,9 @@ class CdrViewSet(viewsets.ViewSet):
 
     @extend_schema(
         summary="Export every matching CDR as NDJSON or CSV (streamed)",
+        description='The last line is a trailer with the row count: `{"export_complete":true,'
+        '"rows":N}` (NDJSON) or `#export_complete rows=N` (CSV). A stream without it was cut '
+        "short.",
         parameters=[
             OpenApiParameter("format", str, enum=["ndjson", "csv"], description="Default ndjson."),
             *[p for p in _QUERY_DOC if p.name in ("orderby", "filter", "search")],
