@@ -44,6 +44,10 @@ def service_env(database_url: str, **extra: str) -> dict[str, str]:
     for name in ("DEBUG", "DJANGO_SETTINGS_MODULE"):
         env.pop(name, None)
     env.update(DATABASE_URL=database_url, SECRET_KEY=BENCH_SECRET_KEY)
+    # S4 takes its deep cursor from a skip=<deep> page and S4-skip measures that page by
+    # OFFSET, for seconds on 10M rows: past the service's skip cap and statement timeout.
+    env.setdefault("CDR_MAX_SKIP", str(2**31 - 1))
+    env.setdefault("CDR_STATEMENT_TIMEOUT_MS", "0")
     env.update(extra)
     return env
 
@@ -336,6 +340,7 @@ def generated(rows: int, env: dict[str, str], *, seed: int = 1, fmt: str = "csv"
             fmt,
             "-o",
             str(part),
+            "--no-trailer",  # rows only: a bare COPY and the POST batches read every line
         ],
         env,
     )

@@ -84,7 +84,7 @@ def timed_import(url: str, path: Path, env: dict[str, str]) -> tuple[float, str]
     with common.pg_connect(url) as c:
         c.execute("CHECKPOINT")
     started = time.monotonic()
-    out = common.manage(["import_cdrs", str(path), "--lenient", "--quiet"], env)
+    out = common.manage(["import_cdrs", str(path), "--lenient", "--no-trailer", "--quiet"], env)
     seconds = time.monotonic() - started
     log(out.strip())
     return seconds, out.strip()
@@ -116,10 +116,11 @@ def export(server: Server, token: str) -> dict:
     status = resp.status
     served_by = max(sampler.max_by_pid, key=lambda p: sampler.max_by_pid[p] - baseline.get(p, 0))
     last = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
-    json.loads(last)  # the stream ended on a whole record
+    trailer = json.loads(last)  # the stream ended with the export's trailer
+    assert trailer == {"export_complete": True, "rows": lines - 1}, trailer
     return {
         "status": status,
-        "rows": lines,
+        "rows": lines - 1,
         "bytes": size,
         "seconds": seconds,
         "first_byte_s": first_byte,

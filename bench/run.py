@@ -81,7 +81,7 @@ def load(url: str, rows: int, env: dict[str, str]) -> dict[str, float]:
     path = common.csv_for(rows, env)
     _set_db_comment(url, marker_loading)
     started = time.monotonic()
-    out = common.manage(["import_cdrs", str(path), "--lenient", "--quiet"], env)
+    out = common.manage(["import_cdrs", str(path), "--lenient", "--no-trailer", "--quiet"], env)
     import_s = time.monotonic() - started
     log(out.strip())
     log(f"imported in {import_s:,.0f} s ({rows / import_s:,.0f} rows/s); VACUUM ANALYZE ...")

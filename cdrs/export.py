@@ -4,13 +4,21 @@ CSV is RFC 4180 (``csv`` module, CRLF line ends) and spreadsheet-safe: a cell st
 ``= + - @``, tab, CR or an apostrophe gets one leading apostrophe, so no spreadsheet
 evaluates it. ``import_cdrs`` removes exactly one leading apostrophe from every CSV cell,
 which restores the original value (an original leading apostrophe was doubled on export).
+
+Every export ends with a trailer that says it is complete and how many CDRs it holds: the
+NDJSON line ``{"export_complete":true,"rows":N}``, the CSV line ``#export_complete rows=N``
+(one cell; a data row starts with its id, never with ``#``). It is written only after the
+last row was read from the database, so a stream cut short (the database gone, a timeout,
+a dropped connection, even over HTTP/1.0 where the end of a response is just the
+connection closing) never ends with one. ``import_cdrs`` checks it.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Generator, Iterable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +27,33 @@ from cdrs.api.serializers import cdr_item
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "'")
 ESCAPE = "'"
+TRAILER_KEY = "export_complete"
+_CSV_TRAILER_RE = re.compile(r"#export_complete rows=(0|[1-9][0-9]{0,17})")
+
+
+def ndjson_trailer(rows: int) -> bytes:
+    return jsonenc.dumps({TRAILER_KEY: True, "rows": rows}) + b"\n"
+
+
+def csv_trailer(rows: int) -> str:
+    return f"#export_complete rows={rows}\r\n"
+
+
+def ndjson_trailer_rows(obj: object) -> int | None:
+    """The row count of an NDJSON export trailer, or None if ``obj`` is not one."""
+    if not isinstance(obj, dict) or set(obj) != {TRAILER_KEY, "rows"}:
+        return None
+    rows = obj["rows"]
+    if obj[TRAILER_KEY] is not True or type(rows) is not int or rows < 0:
+        return None
+    return rows
+
+
+def csv_trailer_rows(cells: list[str]) -> int | None:
+    """The row count of a CSV export trailer (a record of one cell), or None."""
+    if len(cells) != 1 or not (match := _CSV_TRAILER_RE.fullmatch(cells[0])):
+        return None
+    return int(match.group(1))
 
 
 def csv_escape(value: str) -> str:
@@ -47,31 +82,74 @@ class _Line(io.StringIO):
         return text
 
 
-def csv_lines(fields: tuple[str, ...], rows: Iterable[dict[str, Any]]) -> Iterator[bytes]:
+def _close(rows: Iterable[Any]) -> None:
+    """End the rows' generator (and the export's transaction inside it) with the stream."""
+    close = getattr(rows, "close", None)
+    if close is not None:
+        close()
+
+
+def csv_lines(
+    fields: tuple[str, ...], rows: Iterable[dict[str, Any]]
+) -> Generator[bytes, None, None]:
+    """The header, the rows, the trailer. The first chunk holds rows (or the trailer): the
+    database has answered before anything is sent (see ``StartedStream``)."""
     buffer = _Line()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(fields)
-    yield buffer.pop().encode()
-    batch: list[str] = []
-    for row in rows:
-        item = cdr_item(row)
-        writer.writerow([_cell(item[name]) for name in fields])
-        batch.append(buffer.pop())
-        if len(batch) >= 500:
-            yield "".join(batch).encode()
-            batch.clear()
-            heartbeat.beat()
-    if batch:
+    batch: list[str] = [buffer.pop()]
+    count = 0
+    try:
+        for row in rows:
+            item = cdr_item(row)
+            writer.writerow([_cell(item[name]) for name in fields])
+            batch.append(buffer.pop())
+            count += 1
+            if len(batch) >= 500:
+                yield "".join(batch).encode()
+                batch.clear()
+                heartbeat.beat()
+        batch.append(csv_trailer(count))
         yield "".join(batch).encode()
+    finally:
+        _close(rows)
 
 
-def ndjson_lines(rows: Iterable[dict[str, Any]]) -> Iterator[bytes]:
+def ndjson_lines(rows: Iterable[dict[str, Any]]) -> Generator[bytes, None, None]:
+    """One CDR object a line, then the trailer line."""
     batch: list[bytes] = []
-    for row in rows:
-        batch.append(jsonenc.dumps(cdr_item(row)) + b"\n")
-        if len(batch) >= 500:
-            yield b"".join(batch)
-            batch.clear()
-            heartbeat.beat()
-    if batch:
+    count = 0
+    try:
+        for row in rows:
+            batch.append(jsonenc.dumps(cdr_item(row)) + b"\n")
+            count += 1
+            if len(batch) >= 500:
+                yield b"".join(batch)
+                batch.clear()
+                heartbeat.beat()
+        batch.append(ndjson_trailer(count))
         yield b"".join(batch)
+    finally:
+        _close(rows)
+
+
+class StartedStream(Iterator[bytes]):
+    """``chunks`` with its first chunk produced now, in the view.
+
+    The export's query starts (and may fail: a statement timeout, the database gone) while
+    the view can still answer with the contract's error body, not after a 200's headers
+    have gone out. ``close()`` (called by the WSGI server, whether or not the body was
+    read) closes the writer, which closes the rows and ends the export's transaction.
+    """
+
+    def __init__(self, chunks: Generator[bytes, None, None]) -> None:
+        self._chunks = chunks
+        self._head: list[bytes] = [next(chunks, b"")]
+
+    def __next__(self) -> bytes:
+        if self._head:
+            return self._head.pop()
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._chunks.close()

@@ -5,6 +5,11 @@ API's rules and write path. On PostgreSQL that COPYs the batch into a temporary 
 and moves it with one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, so duplicates within
 the file and against stored CDRs are skipped and counted.
 
+Completeness: an export ends with a trailer (``cdrs/export.py``) giving its row count. A
+file must end with one unless ``require_trailer=False`` (``--no-trailer``), and every
+trailer must count the rows since the previous one (concatenated exports are fine): a file
+cut short, or edited, is refused as a whole. Strict imports then load nothing.
+
 Transactions: ``strict`` (the default) loads a file in one transaction, so a file with any
 invalid row, or an interrupted import, loads nothing. ``lenient`` commits batch by batch:
 an interruption leaves whole batches, and re-running the same command finishes the job
@@ -32,7 +37,7 @@ from typing import IO, Any
 from django.db import transaction
 
 from cdrs import services
-from cdrs.export import ESCAPE
+from cdrs.export import ESCAPE, csv_trailer_rows, ndjson_trailer_rows
 from cdrs.fields import ALL_FIELD_NAMES
 from cdrs.validation import CdrInvalid, validate_cdr
 from cdrs.values import loads_json
@@ -141,7 +146,15 @@ def _has_undecodable(cells: list[str]) -> bool:
     return not joined.isascii() and _UNDECODABLE_RE.search(joined) is not None
 
 
-Record = tuple[int, dict[str, Any] | None, str | None]  # (line, object, parse error)
+@dataclass(frozen=True)
+class Trailer:
+    """An export's last line: the number of rows before it."""
+
+    rows: int
+
+
+Row = tuple[int, dict[str, Any] | None, str | None]  # (line, object, parse error)
+Record = tuple[int, dict[str, Any] | Trailer | None, str | None]  # a Row, or a trailer
 
 
 def iter_csv(stream: IO[bytes]) -> Iterator[Record]:
@@ -179,6 +192,9 @@ def iter_csv(stream: IO[bytes]) -> Iterator[Record]:
         if _has_undecodable(cells):
             yield start, None, "not valid UTF-8"
             continue
+        if (trailer_rows := csv_trailer_rows(cells)) is not None:
+            yield start, Trailer(trailer_rows), None
+            continue
         if len(cells) != width:
             yield start, None, f"expected {width} cells, found {len(cells)}"
             continue
@@ -203,7 +219,36 @@ def iter_ndjson(stream: IO[bytes]) -> Iterator[Record]:
         except (ValueError, RecursionError) as exc:
             yield number, None, f"invalid JSON: {str(exc)[:120]}"
             continue
-        yield number, obj, None
+        trailer_rows = ndjson_trailer_rows(obj)
+        yield number, obj if trailer_rows is None else Trailer(trailer_rows), None
+
+
+def checked_trailers(records: Iterator[Record], *, required: bool) -> Iterator[Row]:
+    """``records`` without the export trailers, each checked against the rows before it.
+
+    ImportFileError when a trailer's count is wrong, or (``required``) when the last record
+    is not a trailer: the file was cut short or edited.
+    """
+    since_trailer = 0
+    last_was_trailer = False
+    for line, obj, error in records:
+        if isinstance(obj, Trailer):
+            if obj.rows != since_trailer:
+                raise ImportFileError(
+                    f"line {line}: the export trailer counts {obj.rows} rows, the file has "
+                    f"{since_trailer} before it: the file is incomplete or was edited"
+                )
+            since_trailer, last_was_trailer = 0, True
+            continue
+        since_trailer, last_was_trailer = since_trailer + 1, False
+        yield line, obj, error
+    if required and not last_was_trailer:
+        raise ImportFileError(
+            "the file does not end with an export trailer, so it may be cut short "
+            "(an export's last line is #export_complete rows=N in CSV, "
+            '{"export_complete":true,"rows":N} in NDJSON); --no-trailer imports a file '
+            "that never had one"
+        )
 
 
 def _load_batch(rows: list[dict[str, Any]]) -> tuple[int, int]:
@@ -213,7 +258,7 @@ def _load_batch(rows: list[dict[str, Any]]) -> tuple[int, int]:
 
 
 def _validated_batches(
-    records: Iterator[Record],
+    records: Iterator[Row],
     *,
     text_mode: bool,
     batch_rows: int,
@@ -275,17 +320,26 @@ def import_file(
     *,
     fmt: str | None = None,
     strict: bool = True,
+    require_trailer: bool = True,
     on_reject: Callable[[int, dict[str, str], Any], None] | None = None,
     on_progress: Callable[[ImportStats, int, int | None], None] | None = None,
     batch_rows: int = BATCH_ROWS,
 ) -> ImportStats:
-    """Import one file. Strict: all or nothing. Lenient: valid rows, batch by batch."""
+    """Import one file. Strict: all or nothing. Lenient: valid rows, batch by batch.
+
+    A missing or wrong export trailer (see ``checked_trailers``) raises ImportFileError at
+    the end of the file: strict imports load nothing, lenient ones keep the batches
+    committed before it.
+    """
     fmt = detect_format(path, fmt)
     stream, counter, size, gzipped = open_source(path)
     stats = ImportStats()
     started = time.monotonic()
-    records = _read_errors_as_file_errors(
-        iter_csv(stream) if fmt == "csv" else iter_ndjson(stream), path, gzipped
+    records = checked_trailers(
+        _read_errors_as_file_errors(
+            iter_csv(stream) if fmt == "csv" else iter_ndjson(stream), path, gzipped
+        ),
+        required=require_trailer,
     )
     batches = _validated_batches(
         records, text_mode=fmt == "csv", batch_rows=batch_rows, stats=stats, on_reject=on_reject

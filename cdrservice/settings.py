@@ -171,6 +171,14 @@ CDR_TOKEN_CACHE_SECONDS = env_int("CDR_TOKEN_CACHE_SECONDS", 10)
 # last_used_at is written at most this often per token.
 CDR_TOKEN_LAST_USED_INTERVAL = 60
 
+# --- Query limits (cdrs/timeouts.py, cdrs/query/options.py; README "Query limits and timeouts") ---
+# Longest a single SQL statement of a web request may run on PostgreSQL (0: no limit).
+CDR_STATEMENT_TIMEOUT_MS = env_int("CDR_STATEMENT_TIMEOUT_MS", 5000)
+# The export's, per statement (opening it, each fetch of 2000 rows); 0: no limit.
+CDR_EXPORT_STATEMENT_TIMEOUT_MS = env_int("CDR_EXPORT_STATEMENT_TIMEOUT_MS", 60000)
+# Largest skip= the list accepts; deeper pages go by cursor (constant cost at any depth).
+CDR_MAX_SKIP = env_int("CDR_MAX_SKIP", 100000)
+
 # --- metrics: Prometheus at /metrics (cdrs/metrics.py; CDR_METRICS_ALLOW limits who reads it) ---
 CDR_METRICS = env_bool("CDR_METRICS", True)
 

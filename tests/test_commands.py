@@ -115,8 +115,9 @@ def test_generate_cdrs_is_deterministic_and_importable(tmp_path):
 
     first, second, other = generate("5", "a.ndjson"), generate("5", "b.ndjson"), generate("6", "c")
     assert first == second != other
-    lines = first.splitlines()
+    *lines, trailer = first.splitlines()
     assert len(lines) == 40 and all("id" not in orjson.loads(line) for line in lines)
+    assert orjson.loads(trailer) == {"export_complete": True, "rows": 40}  # as an export ends
     path = tmp_path / "gen.csv"
     run("generate_cdrs", "--rows", "40", "--seed", "5", "--format", "csv", "-o", str(path))
     out, _ = run("import_cdrs", str(path), "--quiet")

@@ -41,4 +41,5 @@ def test_slow_client_gets_the_whole_export_past_the_worker_timeout(request, tmp_
         elapsed = time.monotonic() - started
         conn.close()
     assert elapsed > 4  # well past the 2 s worker timeout
-    assert body.count(b"\n") == ROWS  # nothing cut off
+    assert body.count(b"\n") == ROWS + 1  # nothing cut off: every row, then the trailer
+    assert body.endswith(b'{"export_complete":true,"rows":%d}\n' % ROWS)

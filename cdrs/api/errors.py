@@ -22,6 +22,8 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
+from cdrs import timeouts
+
 log = logging.getLogger("cdrs.api")
 
 _CODES = {
@@ -107,6 +109,18 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         else:
             body = error_body(exc.status_code, _first_message(detail))
         return Response(body, status=exc.status_code, headers=headers)
+    if isinstance(exc, OperationalError) and timeouts.is_query_cancelled(exc):
+        # 503, not 504: the contract's SERVICE_UNAVAILABLE; no Retry-After, since the same
+        # query is likely to run out of time again (README "Query limits and timeouts").
+        log.warning("statement cancelled: ran longer than the statement timeout")
+        return Response(
+            error_body(
+                503,
+                "the query ran longer than the statement timeout and was cancelled; narrow "
+                "the filter, or page with next_cursor instead of skip",
+            ),
+            status=503,
+        )
     if isinstance(exc, OperationalError | InterfaceError):
         log.error("database unavailable: %s", type(exc).__name__)
         return Response(

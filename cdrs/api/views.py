@@ -19,7 +19,7 @@ from cdrs import selectors, services
 from cdrs.api import serializers as s
 from cdrs.api.errors import ValidateFailed
 from cdrs.api.permissions import token_of
-from cdrs.export import csv_lines, ndjson_lines
+from cdrs.export import StartedStream, csv_lines, ndjson_lines
 from cdrs.fields import visible_field_names
 from cdrs.ids import InvalidId, decode_id, encode_id
 from cdrs.models import Cdr
@@ -36,7 +36,12 @@ _ERRORS = {
 }
 _QUERY_DOC = [
     OpenApiParameter("top", int, description="Page size, 1-1000 (default 100)."),
-    OpenApiParameter("skip", int, description="Rows to skip, >= 0 (default 0)."),
+    OpenApiParameter(
+        "skip",
+        int,
+        description="Rows to skip, 0 to CDR_MAX_SKIP (default 100000); deeper pages by "
+        "`cursor`. Default 0.",
+    ),
     OpenApiParameter(
         "orderby",
         str,
@@ -176,6 +181,9 @@ class CdrViewSet(viewsets.ViewSet):
 
     @extend_schema(
         summary="Export every matching CDR as NDJSON or CSV (streamed)",
+        description='The last line is a trailer with the row count: `{"export_complete":true,'
+        '"rows":N}` (NDJSON) or `#export_complete rows=N` (CSV). A stream without it was cut '
+        "short.",
         parameters=[
             OpenApiParameter("format", str, enum=["ndjson", "csv"], description="Default ndjson."),
             *[p for p in _QUERY_DOC if p.name in ("orderby", "filter", "search")],
@@ -190,11 +198,11 @@ class CdrViewSet(viewsets.ViewSet):
         stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
         if options.export_format == "csv":
             fields = visible_field_names(billing=token.scope_billing)
-            response = StreamingHttpResponse(csv_lines(fields, rows), content_type="text/csv")
+            chunks, content_type = csv_lines(fields, rows), "text/csv"
         else:
-            response = StreamingHttpResponse(
-                ndjson_lines(rows), content_type="application/x-ndjson"
-            )
+            chunks, content_type = ndjson_lines(rows), "application/x-ndjson"
+        # The query starts here: its errors are still a contract error body, not a cut stream.
+        response = StreamingHttpResponse(StartedStream(chunks), content_type=content_type)
         response["Content-Disposition"] = (
             f'attachment; filename="cdrs-{stamp}.{options.export_format}"'
         )

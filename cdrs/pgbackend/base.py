@@ -1,4 +1,5 @@
-"""Django's PostgreSQL backend, with a health check that costs no round trip when it can.
+"""Django's PostgreSQL backend, with a health check that costs no round trip when it can,
+and the web process's statement timeout set when a connection opens (``cdrs/timeouts.py``).
 
 Django's ``CONN_HEALTH_CHECKS`` sends ``SELECT 1`` before the first query of every request:
 on a detail request that is one round trip in two. Here the check first asks the kernel
@@ -19,6 +20,8 @@ from typing import Any
 import psycopg
 from django.db.backends.postgresql import base
 
+from cdrs import timeouts
+
 
 def _nothing_to_read(conn: Any) -> bool:
     """True when the idle connection's socket has no pending input (the server is silent)."""
@@ -33,6 +36,13 @@ def _nothing_to_read(conn: Any) -> bool:
 
 class DatabaseWrapper(base.DatabaseWrapper):
     health_check_done: bool
+
+    def get_connection_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = super().get_connection_params()
+        # A startup parameter: the server applies it at connect, no SET round trip.
+        if extra := timeouts.startup_options():
+            params["options"] = f"{params.get('options', '')} {extra}".strip()
+        return params
 
     def close_if_health_check_failed(self) -> None:
         if self.connection is not None and _nothing_to_read(self.connection):

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Q
 
 from cdrs.query.cursor import CursorError, decode_cursor
@@ -95,6 +96,13 @@ def parse_list_options(
     else:
         opts.top = _int(params, "top", TOP_DEFAULT, 1, TOP_MAX)
         opts.skip = _int(params, "skip", 0, 0, 2**31 - 1)
+        if opts.skip > settings.CDR_MAX_SKIP:
+            # Every skipped row is still read; past this depth a cursor costs far less.
+            raise OptionError(
+                "skip",
+                f"at most {settings.CDR_MAX_SKIP} rows; page deeper with next_cursor "
+                "(pass it back as cursor=, same filter and orderby)",
+            )
         count = _single(params, "count")
         if count not in (None, "true", "false"):
             raise OptionError("count", "must be true or false")

@@ -24,6 +24,21 @@ def export(client, **params):
     return response, body
 
 
+def rows_of(body: bytes) -> list[dict]:
+    """The CDRs of an NDJSON export, after checking it ends with its trailer."""
+    *lines, trailer = body.splitlines()
+    assert orjson.loads(trailer) == {"export_complete": True, "rows": len(lines)}
+    return [orjson.loads(line) for line in lines]
+
+
+def csv_rows_of(body: bytes) -> list[dict]:
+    """The rows of a CSV export, after checking it ends with its trailer."""
+    text, trailer = body.decode().removesuffix("\r\n").rsplit("\r\n", 1)
+    rows = list(csv.DictReader(io.StringIO(text + "\r\n")))
+    assert trailer == f"#export_complete rows={len(rows)}"
+    return rows
+
+
 def test_ndjson_is_the_default_and_streams_every_row_newest_first(client_ro):
     create_generated(120, seed=8)
     response, body = export(client_ro)
@@ -31,7 +46,7 @@ def test_ndjson_is_the_default_and_streams_every_row_newest_first(client_ro):
     assert response["Content-Type"] == "application/x-ndjson"
     assert response["Content-Disposition"].startswith('attachment; filename="cdrs-')
     assert response["Content-Disposition"].endswith('.ndjson"')
-    items = [orjson.loads(line) for line in body.splitlines()]
+    items = rows_of(body)
     assert len(items) == 120
     listed = orjson.loads(client_ro.get("/api/cdrs?top=1000").content)["items"]
     assert items == listed
@@ -41,7 +56,7 @@ def test_ndjson_is_the_default_and_streams_every_row_newest_first(client_ro):
 def test_private_fields_only_with_billing(api_client):
     create_cdrs(cdr_payload(cost=Decimal("0.1235"), billed_account="ACC"))
     _, body = export(api_client(scopes=("read", "billing")))
-    assert b'"cost":0.123500' in body and tuple(orjson.loads(body)) == ALL_FIELD_NAMES
+    assert b'"cost":0.123500' in body and tuple(rows_of(body)[0]) == ALL_FIELD_NAMES
     _, body = export(api_client(scopes=("read",)))
     assert b"cost" not in body and b"billed_account" not in body
     _, body = export(api_client(scopes=("read",)), format="csv")
@@ -56,11 +71,11 @@ def test_filters_search_and_domains_apply(api_client):
     )
     client = api_client(scopes=("read",), domains=("a.example",))
     _, body = export(client)
-    assert sorted(orjson.loads(x)["caller"] for x in body.splitlines()) == ["101", "103"]
+    assert sorted(x["caller"] for x in rows_of(body)) == ["101", "103"]
     _, body = export(client, filter="caller%20eq%20'103'")
-    assert [orjson.loads(x)["caller"] for x in body.splitlines()] == ["103"]
+    assert [x["caller"] for x in rows_of(body)] == ["103"]
     _, body = export(client, caller="101", orderby="caller")
-    assert [orjson.loads(x)["caller"] for x in body.splitlines()] == ["101"]
+    assert [x["caller"] for x in rows_of(body)] == ["101"]
 
 
 @pytest.mark.parametrize(
@@ -87,7 +102,7 @@ def test_csv_is_rfc4180_and_spreadsheet_safe(api_client):
     response, body = export(api_client(), format="csv")
     assert response["Content-Type"] == "text/csv"
     assert b"\r\n" in body
-    rows = list(csv.DictReader(io.StringIO(body.decode())))
+    rows = csv_rows_of(body)
     assert len(rows) == 1
     row = rows[0]
     assert row["caller_display_name"] == 'Quote " and, comma\nnewline'
@@ -122,3 +137,26 @@ def test_export_import_export_gives_identical_bytes(api_client, tmp_path, fmt):
     assert Cdr.objects.count() == 301
     _, second = export(client, format=fmt)
     assert second == first
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+def test_every_export_ends_with_a_trailer_counting_its_rows(client_ro, fmt):
+    _, body = export(client_ro, format=fmt)  # nothing stored: header (CSV) and trailer only
+    if fmt == "csv":
+        assert csv_rows_of(body) == []
+    else:
+        assert body == b'{"export_complete":true,"rows":0}\n'
+    create_generated(1234, seed=3)  # several 500-row chunks
+    response = client_ro.get(f"/api/cdrs/export?format={fmt}")
+    chunks = list(response.streaming_content)
+    assert len(chunks) == 3
+    assert b"export_complete" in chunks[-1] and not any(
+        b"export_complete" in c for c in chunks[:-1]
+    )
+    body = b"".join(chunks)
+    rows = csv_rows_of(body) if fmt == "csv" else rows_of(body)
+    assert len(rows) == 1234
+    _, filtered = export(client_ro, format=fmt, filter="duration%20eq%200")
+    expected = Cdr.objects.filter(duration=0).count()
+    assert 0 < expected < 1234
+    assert len(csv_rows_of(filtered) if fmt == "csv" else rows_of(filtered)) == expected

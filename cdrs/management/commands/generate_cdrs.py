@@ -1,4 +1,4 @@
-"""manage.py generate_cdrs --rows N --seed S [--format csv|ndjson] [-o FILE]"""
+"""manage.py generate_cdrs --rows N --seed S [--format csv|ndjson] [-o FILE] [--no-trailer]"""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import IO, Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from cdrs import jsonenc
-from cdrs.export import csv_escape
+from cdrs.export import csv_escape, csv_trailer, ndjson_trailer
 from cdrs.fields import ALL_FIELD_NAMES
 from cdrs.generator import generate_cdrs
 
@@ -19,7 +19,8 @@ from cdrs.generator import generate_cdrs
 class Command(BaseCommand):
     help = (
         "Write N deterministic, realistic CDRs (same --seed, same output) as CSV or NDJSON, "
-        "ready for import_cdrs. Without ids: import assigns snowflakes."
+        "ready for import_cdrs: they end with the export's trailer (row count) unless "
+        "--no-trailer. Without ids: import assigns snowflakes."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -28,6 +29,12 @@ class Command(BaseCommand):
         parser.add_argument("--days", type=int, default=365, help="spread over this many days")
         parser.add_argument("--format", choices=("csv", "ndjson"), default="ndjson")
         parser.add_argument("-o", "--output", default="-", help="file (.gz compresses); - = stdout")
+        parser.add_argument(
+            "--no-trailer",
+            dest="trailer",
+            action="store_false",
+            help="no export trailer line at the end (rows only, e.g. for a bare COPY)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         out_path: str = options["output"]
@@ -53,10 +60,14 @@ class Command(BaseCommand):
                         out.write(buffer.getvalue().encode())
                         buffer.seek(0)
                         buffer.truncate()
+                if options["trailer"]:
+                    buffer.write(csv_trailer(max(options["rows"], 0)))
                 out.write(buffer.getvalue().encode())
             else:
                 for row in rows:
                     out.write(jsonenc.dumps(row) + b"\n")
+                if options["trailer"]:
+                    out.write(ndjson_trailer(max(options["rows"], 0)))
         finally:
             if out_path != "-":
                 out.close()

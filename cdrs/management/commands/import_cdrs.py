@@ -69,7 +69,8 @@ class Command(BaseCommand):
         "already stored (same id, or same call_id/started_at/caller/callee) are counted as "
         "duplicates. --strict (default): a file with any invalid row loads nothing. "
         "--lenient: load the valid rows and list the others in --rejects. Exit status 1 when "
-        "any row was rejected."
+        "any row was rejected. A file must end with the export's trailer (its row count) "
+        "unless --no-trailer is given: a file cut short is refused."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -82,6 +83,13 @@ class Command(BaseCommand):
             "--rejects",
             metavar="FILE",
             help="write rejected rows here, one JSON object a line: file, line, errors, record",
+        )
+        parser.add_argument(
+            "--no-trailer",
+            dest="require_trailer",
+            action="store_false",
+            help="accept a file that does not end with an export trailer (one not made by "
+            "the export or generate_cdrs); trailers present are still checked",
         )
         parser.add_argument(
             "--batch-rows",
@@ -111,12 +119,16 @@ class Command(BaseCommand):
                         path,
                         fmt=options["format"],
                         strict=options["strict"],
+                        require_trailer=options["require_trailer"],
                         on_reject=on_reject,
                         on_progress=None if options["quiet"] else progress,
                         batch_rows=options["batch_rows"],
                     )
                 except ImportFileError as exc:
-                    raise CommandError(str(exc)) from exc
+                    kept = (
+                        "" if options["strict"] else " (lenient: batches committed before it stay)"
+                    )
+                    raise CommandError(f"{exc}{kept}") from exc
                 except (OperationalError, InterfaceError) as exc:
                     progress.done()
                     reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
