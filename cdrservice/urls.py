@@ -1,11 +1,12 @@
 """Routes: /api/ (CDRs, schema, docs), /admin/, /healthz, /readyz, /metrics."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
 from cdrs import health, metrics
+from cdrs.api.stats import CdrStatsView
 from cdrs.api.views import CdrViewSet
 
 router = SimpleRouter()
@@ -15,6 +16,8 @@ router.register("cdrs", CdrViewSet, basename="cdr")
 urlpatterns = [
     path("api/schema", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    # Before the router: its detail route /api/cdrs/{id} would take "stats" for an id.
+    re_path(r"^api/cdrs/stats/?$", CdrStatsView.as_view(), name="cdr-stats"),
     path("api/", include(router.urls)),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
