@@ -168,6 +168,7 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
     context: dict[str, Any] = {
         **admin.site.each_context(request),
         "title": "Dashboard",
+        "is_nav_sidebar_enabled": False,  # the charts get the sidebar's width
         "form": form,
         "billing": billing,
     }
@@ -221,7 +222,11 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
             "total_acd": _mmss(days.total["acd"]),
             "chart": chart(days.items),
             "tops": [
-                {"title": t, "dimension": d, "items": [(i["key"][d] or "(none)", i) for i in items]}
+                {
+                    "title": t,
+                    "dimension": d,
+                    "items": [(i["key"][d] or "(none)", i, _percent(i["asr"])) for i in items],
+                }
                 for t, d, items in tops
             ],
             "api_query": "&".join(f"{k}={v}" for k, v in params.items()),
