@@ -146,7 +146,7 @@ def _months(lo: datetime, hi: datetime) -> list[tuple[str, datetime, datetime]]:
     out = []
     for zone in ("UTC", "Europe/Berlin"):
         tz = ZoneInfo(zone)
-        last = hi.astimezone(tz)
+        last = (hi - timedelta(days=15)).astimezone(tz)  # not a month with a day of data
         year, month = last.year, last.month
         for _ in range(12):
             start = datetime(year, month, 1, tzinfo=tz)

@@ -202,3 +202,30 @@ class CdrHourlyStats(models.Model):
 
     def __str__(self) -> str:
         return f"hour {self.hour} {self.direction} {self.trunk}: {self.calls} calls"
+
+
+class CdrHourlyTotals(models.Model):
+    """``CdrHourlyStats`` summed over its dimensions: one row per UTC hour and slot.
+
+    Answers the most common statistics request (every CDR, per day or hour, no dimension) by
+    reading ~744 rows for a month instead of the ~170,000 per-dimension rows of a month at
+    10M CDRs a year. Written beside ``CdrHourlyStats`` by ``cdrs.rollup.add_inserted``.
+    """
+
+    hour = models.BigIntegerField()  # floor(epoch seconds of started_at / 3600), UTC
+    slot = models.SmallIntegerField(default=0)
+    calls = models.BigIntegerField(default=0)
+    answered = models.BigIntegerField(default=0)
+    total_duration = models.BigIntegerField(default=0)
+    pdd_sum = models.BigIntegerField(default=0)
+    pdd_calls = models.BigIntegerField(default=0)
+    cost_micros = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "cdrs_hourly_totals"
+        constraints = [
+            models.UniqueConstraint(fields=["hour", "slot"], name="cdr_hourly_totals_key_uniq")
+        ]
+
+    def __str__(self) -> str:
+        return f"hour {self.hour}: {self.calls} calls"

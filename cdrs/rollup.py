@@ -17,6 +17,7 @@ from typing import Any
 from django.db import connection
 
 TABLE = "cdrs_hourly_stats"
+TOTALS_TABLE = "cdrs_hourly_totals"  # the same per hour only (see CdrHourlyTotals)
 DIMENSIONS = ("direction", "end_reason", "trunk", "caller_domain", "callee_domain")
 MEASURES = ("calls", "answered", "total_duration", "pdd_sum", "pdd_calls", "cost_micros")
 SLOTS = 4  # rows per key that concurrent writers spread over (see CdrHourlyStats)
@@ -81,10 +82,41 @@ def _upsert(groups: dict[tuple[Any, ...], list[int]], slot: int) -> None:
             )
 
 
+def _totals(groups: dict[tuple[Any, ...], list[int]]) -> dict[int, list[int]]:
+    hours: dict[int, list[int]] = {}
+    for key, acc in groups.items():
+        total = hours.setdefault(key[0], [0, 0, 0, 0, 0, 0])
+        for i, value in enumerate(acc):
+            total[i] += value
+    return hours
+
+
+def _upsert_totals(hours: dict[int, list[int]], slot: int) -> None:
+    columns = ("hour", "slot", *MEASURES)
+    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    updates = ", ".join(f"{m} = {TOTALS_TABLE}.{m} + excluded.{m}" for m in MEASURES)
+    keys = sorted(hours)  # one lock order for every writer, as in _upsert
+    with connection.cursor() as cur:
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
+            params: list[Any] = []
+            for hour in chunk:
+                params.extend((hour, slot, *hours[hour]))
+            cur.execute(
+                f"INSERT INTO {TOTALS_TABLE} ({', '.join(columns)}) "
+                f"VALUES {', '.join([one] * len(chunk))} "
+                f"ON CONFLICT (hour, slot) DO UPDATE SET {updates}",
+                params,
+            )
+
+
 def add_inserted(rows: Sequence[dict[str, Any]]) -> None:
     """Add CDRs just inserted (validated rows) to the rollup, in the caller's transaction."""
     if rows:
-        _upsert(_accumulate(rows), random.randrange(SLOTS))
+        groups = _accumulate(rows)
+        slot = random.randrange(SLOTS)
+        _upsert(groups, slot)
+        _upsert_totals(_totals(groups), slot)
 
 
 def rebuild(using_connection: Any = None) -> None:
@@ -92,6 +124,7 @@ def rebuild(using_connection: Any = None) -> None:
     conn = using_connection or connection
     with conn.cursor() as cur:
         cur.execute(f"DELETE FROM {TABLE}")
+        cur.execute(f"DELETE FROM {TOTALS_TABLE}")
         if conn.vendor == "postgresql":
             dims = ", ".join(DIMENSIONS)
             both = "rang_at IS NOT NULL AND answered_at IS NOT NULL"
@@ -106,8 +139,19 @@ def rebuild(using_connection: Any = None) -> None:
                 "FROM (SELECT floor(extract(epoch FROM started_at) / 3600)::bigint AS hour, * "
                 f"FROM cdrs_cdr) AS c GROUP BY hour, {dims}"
             )
+            _totals_from_stats(cur)
             return
     _rebuild_in_python(conn)
+    with conn.cursor() as cur:
+        _totals_from_stats(cur)
+
+
+def _totals_from_stats(cur: Any) -> None:
+    sums = ", ".join(f"sum({m})" for m in MEASURES)
+    cur.execute(
+        f"INSERT INTO {TOTALS_TABLE} (hour, slot, {', '.join(MEASURES)}) "
+        f"SELECT hour, 0, {sums} FROM {TABLE} GROUP BY hour"
+    )
 
 
 def _rebuild_in_python(conn: Any) -> None:

@@ -30,7 +30,7 @@ from django.db.models import Count, F, Func, IntegerField, Max, Min, Q, QuerySet
 from django.db.models.sql.compiler import SQLCompiler
 
 from cdrs import rollup
-from cdrs.models import ApiToken, Cdr, CdrHourlyStats
+from cdrs.models import ApiToken, Cdr, CdrHourlyStats, CdrHourlyTotals
 from cdrs.query.options import ListOptions, OptionError
 from cdrs.query.stats_options import TIME_DIMENSIONS, StatsOptions
 from cdrs.selectors import cdrs_for_token, domain_q
@@ -53,7 +53,7 @@ class StatsResult:
     tz_name: str
     items: list[dict[str, Any]]
     total: dict[str, Any]
-    source: str  # "rollup" or "direct": which query answered (tests and benchmark)
+    source: str  # "rollup", "rollup:hours" or "direct": which table answered (tests, bench)
 
 
 # --- SQL expressions (the direct query) -------------------------------------------------
@@ -321,10 +321,16 @@ def _direct_rows(
     return list(qs.values_list(*group, *MEASURES))
 
 
-def _rollup_rows(domains: Q, where: Q, dims: Sequence[str], timed: bool) -> list[tuple[Any, ...]]:
+def _rollup_rows(
+    model: type[CdrHourlyStats] | type[CdrHourlyTotals],
+    domains: Q,
+    where: Q,
+    dims: Sequence[str],
+    timed: bool,
+) -> list[tuple[Any, ...]]:
     group = (["hour"] if timed else []) + list(dims)
     qs = (
-        CdrHourlyStats.objects.filter(domains)
+        model.objects.filter(domains)
         .filter(where)
         .order_by()
         .values(*group)
@@ -394,9 +400,14 @@ def cdr_stats(
         and (slot is None or slot == 3600)
     )
     scope = domain_q(token) if token is not None else Q()
+    # Nothing but time: the per-hour totals (a month is ~744 rows, not ~170,000).
+    hours_only = not dims and not scope and all(_split(key)[0] == "started_at" for key, _ in leaves)
+    source = "direct"
     if served_by_rollup:
         assert rollup_where is not None
-        rows = _rollup_rows(scope, rollup_where, dims, slot is not None)
+        model = CdrHourlyTotals if hours_only else CdrHourlyStats
+        source = "rollup:hours" if hours_only else "rollup"
+        rows = _rollup_rows(model, scope, rollup_where, dims, slot is not None)
         slot_len = 3600
     else:
         base = cdrs_for_token(token) if token is not None else Cdr.objects.all()
@@ -459,5 +470,5 @@ def cdr_stats(
         tz_name=stats.tz_name,
         items=items,
         total=_measures(total, billing=billing),
-        source="rollup" if served_by_rollup else "direct",
+        source=source,
     )
