@@ -110,13 +110,72 @@ def _upsert_totals(hours: dict[int, list[int]], slot: int) -> None:
             )
 
 
+_BOTH = "rang_at IS NOT NULL AND answered_at IS NOT NULL"
+# PostgreSQL: the measures of a group of CDRs, in MEASURES order.
+_MEASURES_SQL = (
+    "count(*), count(answered_at), coalesce(sum(duration), 0), "
+    f"coalesce(sum(CASE WHEN {_BOTH} THEN extract(epoch FROM answered_at - rang_at) END), 0)"
+    f"::bigint, count(CASE WHEN {_BOTH} THEN 1 END), "
+    "coalesce(sum((cost * 1000000)::bigint), 0)"
+)
+_HOURLY_CDRS = (
+    "(SELECT floor(extract(epoch FROM started_at) / 3600)::bigint AS hour, * "
+    "FROM cdrs_cdr WHERE {where}) AS c"
+)
+
+
+def _stats_select_sql(where: str) -> str:
+    """PostgreSQL: the rollup rows (slot: first parameter) of the CDRs ``where`` selects, in
+    key order, so concurrent writers lock rows in one order (no deadlock)."""
+    dims = ", ".join(DIMENSIONS)
+    return (
+        f"SELECT hour, {_dims_key_sql()} AS dims_key, %s, {dims}, {_MEASURES_SQL} "
+        f"FROM {_HOURLY_CDRS.format(where=where)} GROUP BY hour, {dims} "
+        "ORDER BY hour, dims_key"
+    )
+
+
+def _totals_select_sql(where: str) -> str:
+    """PostgreSQL: the per-hour totals (slot: first parameter) of the CDRs ``where`` selects."""
+    return (
+        f"SELECT hour, %s, {_MEASURES_SQL} FROM {_HOURLY_CDRS.format(where=where)} "
+        "GROUP BY hour ORDER BY hour"
+    )
+
+
+def _add_inserted_sql(ids: list[int], slot: int) -> None:
+    """PostgreSQL: aggregate the inserted rows in SQL, found by primary key.
+
+    A multi-row VALUES list built in Python cost as much as the CDR insert itself (psycopg
+    composing ~14,000 parameters for a 1,000-row batch of historical CDRs, ~1 key a row).
+    """
+    stats_updates = ", ".join(f"{m} = {TABLE}.{m} + excluded.{m}" for m in MEASURES)
+    totals_updates = ", ".join(f"{m} = {TOTALS_TABLE}.{m} + excluded.{m}" for m in MEASURES)
+    with connection.cursor() as cur:
+        cur.execute(
+            f"INSERT INTO {TABLE} ({', '.join(_COLUMNS)}) {_stats_select_sql('id = ANY(%s)')} "
+            f"ON CONFLICT (hour, dims_key, slot) DO UPDATE SET {stats_updates}",
+            [slot, ids],
+        )
+        cur.execute(
+            f"INSERT INTO {TOTALS_TABLE} (hour, slot, {', '.join(MEASURES)}) "
+            f"{_totals_select_sql('id = ANY(%s)')} "
+            f"ON CONFLICT (hour, slot) DO UPDATE SET {totals_updates}",
+            [slot, ids],
+        )
+
+
 def add_inserted(rows: Sequence[dict[str, Any]]) -> None:
     """Add CDRs just inserted (validated rows) to the rollup, in the caller's transaction."""
-    if rows:
-        groups = _accumulate(rows)
-        slot = random.randrange(SLOTS)
-        _upsert(groups, slot)
-        _upsert_totals(_totals(groups), slot)
+    if not rows:
+        return
+    slot = random.randrange(SLOTS)
+    if connection.vendor == "postgresql":
+        _add_inserted_sql([row["id"] for row in rows], slot)
+        return
+    groups = _accumulate(rows)
+    _upsert(groups, slot)
+    _upsert_totals(_totals(groups), slot)
 
 
 def rebuild(using_connection: Any = None) -> None:
@@ -126,20 +185,14 @@ def rebuild(using_connection: Any = None) -> None:
         cur.execute(f"DELETE FROM {TABLE}")
         cur.execute(f"DELETE FROM {TOTALS_TABLE}")
         if conn.vendor == "postgresql":
-            dims = ", ".join(DIMENSIONS)
-            both = "rang_at IS NOT NULL AND answered_at IS NOT NULL"
             cur.execute(
-                f"INSERT INTO {TABLE} ({', '.join(_COLUMNS)}) "
-                f"SELECT hour, {_dims_key_sql()}, 0, {dims}, count(*), count(answered_at), "
-                "coalesce(sum(duration), 0), "
-                f"coalesce(sum(CASE WHEN {both} THEN "
-                "extract(epoch FROM answered_at - rang_at) END), 0)::bigint, "
-                f"count(CASE WHEN {both} THEN 1 END), "
-                "coalesce(sum((cost * 1000000)::bigint), 0) "
-                "FROM (SELECT floor(extract(epoch FROM started_at) / 3600)::bigint AS hour, * "
-                f"FROM cdrs_cdr) AS c GROUP BY hour, {dims}"
+                f"INSERT INTO {TABLE} ({', '.join(_COLUMNS)}) {_stats_select_sql('true')}", [0]
             )
-            _totals_from_stats(cur)
+            cur.execute(
+                f"INSERT INTO {TOTALS_TABLE} (hour, slot, {', '.join(MEASURES)}) "
+                f"{_totals_select_sql('true')}",
+                [0],
+            )
             return
     _rebuild_in_python(conn)
     with conn.cursor() as cur:
@@ -147,6 +200,7 @@ def rebuild(using_connection: Any = None) -> None:
 
 
 def _totals_from_stats(cur: Any) -> None:
+    """SQLite: the totals as the per-dimension rows' sums."""
     sums = ", ".join(f"sum({m})" for m in MEASURES)
     cur.execute(
         f"INSERT INTO {TOTALS_TABLE} (hour, slot, {', '.join(MEASURES)}) "
