@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import connection, transaction
 
-from cdrs import metrics
+from cdrs import metrics, rollup
 from cdrs.ids import LOW_MASK, snowflake
 from cdrs.validation import INSERT_COLUMNS
 
@@ -194,6 +194,8 @@ def cdr_ingest(rows: list[dict[str, Any]]) -> IngestResult:
                 first_by_key[row["natural_key"]] = i
                 to_insert.append(i)
             inserted = _insert_rows([rows[i] for i in to_insert])
+            # Statistics of exactly the rows stored, in this transaction (cdrs.rollup).
+            rollup.add_inserted([rows[i] for i in to_insert if rows[i]["id"] in inserted])
             first_set = set(to_insert)
             not_created: list[int] = []
             for i in pending:

@@ -6,6 +6,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
 from cdrs import health, metrics
+from cdrs.admin_dashboard import dashboard_view
+from cdrs.api.stats import CdrStatsView
 from cdrs.api.views import CdrViewSet
 from cdrs.api.webhooks import PortsipWebhookView
 
@@ -19,7 +21,11 @@ urlpatterns = [
     # With or without a trailing slash and never a redirect: PortSIP would not follow one
     # with its POST, and a 404 makes it drop the event.
     re_path(r"^api/webhooks/portsip/?$", PortsipWebhookView.as_view(), name="portsip-webhook"),
+    # Before the router: its detail route /api/cdrs/{id} would take "stats" for an id.
+    re_path(r"^api/cdrs/stats/?$", CdrStatsView.as_view(), name="cdr-stats"),
     path("api/", include(router.urls)),
+    # Staff only (admin_view); linked from the admin index (cdrs/templates/admin/index.html).
+    path("admin/dashboard/", admin.site.admin_view(dashboard_view), name="admin-dashboard"),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),

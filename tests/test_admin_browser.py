@@ -7,6 +7,7 @@ docs/admin-token.png (off by default, so test runs never change the tree).
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import urllib.request
@@ -15,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from django.core.management import call_command
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
@@ -182,3 +184,49 @@ def test_admin_flow_in_a_browser(live_server, browser, plain_http, django_user_m
     driver.get(f"{base}/admin/cdrs/apitoken/{token.pk}/change/")
     wait_for(driver, "#apitoken_form")
     assert plain not in driver.page_source and token.digest not in driver.page_source
+
+
+def test_dashboard_in_a_browser_at_1400px_and_on_a_phone(
+    live_server, browser, plain_http, django_user_model
+):
+    django_user_model.objects.create_superuser("root", "root@example.com", "browser-pw-123")
+    call_command("seed_demo", stdout=io.StringIO())  # what bin/run loads on a fresh start
+    driver = browser
+    base = live_server.url
+    driver.get(f"{base}/admin/login/?next=/admin/")
+    driver.find_element(By.ID, "id_username").send_keys("root")
+    driver.find_element(By.ID, "id_password").send_keys("browser-pw-123")
+    driver.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait_for(driver, "#dashboard-link")
+    driver.find_element(By.CSS_SELECTOR, "#dashboard-link a").click()
+    wait_for(driver, "#calls-chart")
+
+    # The default range follows the data (which ends 2026-01-01): bars, not an empty chart.
+    assert "2025-12-02 to 2025-12-31" in driver.find_element(By.ID, "dashboard-range").text
+    bars = driver.find_elements(By.CSS_SELECTOR, "#calls-chart rect.answered")
+    assert len(bars) == 30
+    assert all(float(b.get_attribute("height") or 0) > 0 for b in bars)
+    chart = driver.find_element(By.ID, "calls-chart")
+    assert chart.size["width"] > 900  # the chart uses the page's width at 1400 px
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#top-trunk tbody tr")) == 5
+    assert "COST" in driver.find_element(By.ID, "daily").text.upper()  # superusers see billing
+    screenshot(driver, "admin-dashboard.png")
+
+    # Another range and zone through the picker.
+    for name, value in (("start", "2025-06-01"), ("end", "2025-06-07")):
+        field = driver.find_element(By.ID, f"id_{name}")
+        driver.execute_script("arguments[0].value = arguments[1]", field, value)
+    Select(driver.find_element(By.ID, "id_tz")).select_by_value("America/New_York")
+    driver.find_element(By.CSS_SELECTOR, "#dashboard-form input[type=submit]").click()
+    WebDriverWait(driver, 15).until(ec.url_contains("tz=America%2FNew_York"))
+    days = texts(driver, "#daily tbody tr td:first-child")
+    assert days == [f"2025-06-0{d}" for d in range(1, 8)]
+
+    # A phone: nothing wider than the screen but the tables' own scroll boxes.
+    driver.set_window_size(390, 844)
+    driver.refresh()
+    wait_for(driver, "#calls-chart")
+    page_width = driver.execute_script("return document.documentElement.scrollWidth")
+    viewport = driver.execute_script("return window.innerWidth")
+    assert page_width <= viewport + 1
+    assert driver.find_element(By.ID, "calls-chart").size["width"] <= viewport

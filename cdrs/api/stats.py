@@ -1,0 +1,182 @@
+"""GET /api/cdrs/stats: call statistics. Thin: parse options, call ``cdrs.stats``."""
+
+from __future__ import annotations
+
+import csv
+import io
+from decimal import Decimal
+from typing import Any
+
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from cdrs.api.errors import ValidateFailed
+from cdrs.api.permissions import token_of
+from cdrs.api.serializers import ErrorResponseSerializer
+from cdrs.export import csv_escape
+from cdrs.fields import DIRECTIONS, END_REASONS
+from cdrs.query.options import OptionError, parse_list_options
+from cdrs.query.plain import PLAIN_FILTER_NAMES
+from cdrs.query.stats_options import (
+    TIME_DIMENSIONS,
+    VALUE_DIMENSIONS,
+    BillingDimension,
+    parse_stats_options,
+    split_stats_params,
+)
+from cdrs.stats import StatsResult, cdr_stats
+
+# --- OpenAPI description (schema only) -------------------------------------------------
+
+
+def _number(help_text: str, places: int) -> serializers.DecimalField:
+    return serializers.DecimalField(
+        max_digits=30, decimal_places=places, coerce_to_string=False, help_text=help_text
+    )
+
+
+class StatsMeasuresSerializer(serializers.Serializer):
+    calls = serializers.IntegerField(help_text="Number of CDRs.")
+    answered = serializers.IntegerField(help_text="CDRs with answered_at.")
+    asr = _number("answered / calls, 4 decimals (half up); 0 without calls.", 4)
+    total_duration = serializers.IntegerField(help_text="Sum of duration, seconds.")
+    acd = _number("total_duration / answered, seconds, 2 decimals; 0 without answers.", 2)
+    avg_pdd = _number(
+        "Mean of answered_at − rang_at over CDRs with both, seconds, 2 decimals; 0 without.", 2
+    )
+    cost = serializers.DecimalField(
+        max_digits=30,
+        decimal_places=6,
+        coerce_to_string=False,
+        required=False,
+        help_text="Exact sum of cost (CDRs without cost count 0). Billing scope only.",
+    )
+
+
+class StatsKeySerializer(serializers.Serializer):
+    """The bucket: one entry per group_by dimension, in group_by's order."""
+
+    hour = serializers.DateTimeField(required=False, help_text="Bucket start, RFC 3339 in tz.")
+    day = serializers.DateTimeField(required=False, help_text="Bucket start, RFC 3339 in tz.")
+    week = serializers.DateTimeField(required=False, help_text="Monday 00:00 in tz.")
+    month = serializers.DateTimeField(required=False, help_text="The 1st 00:00 in tz.")
+    direction = serializers.CharField(required=False)
+    end_reason = serializers.CharField(required=False)
+    trunk = serializers.CharField(required=False)
+    caller_domain = serializers.CharField(required=False)
+    callee_domain = serializers.CharField(required=False)
+    billed_account = serializers.CharField(required=False, help_text="Billing scope only.")
+
+
+class StatsItemSerializer(StatsMeasuresSerializer):
+    key = StatsKeySerializer()
+
+
+class StatsResponseSerializer(serializers.Serializer):
+    group_by = serializers.ListField(
+        child=serializers.ChoiceField(choices=[*TIME_DIMENSIONS, *VALUE_DIMENSIONS])
+    )
+    tz = serializers.CharField(help_text="The IANA zone of the time buckets.")
+    items = StatsItemSerializer(many=True)
+    total = StatsMeasuresSerializer(help_text="Over every matching CDR.")
+
+
+_PLAIN_TYPES: dict[str, Any] = {
+    "started_after": (OpenApiTypes.DATETIME, "started_at ≥ (RFC 3339)"),
+    "started_before": (OpenApiTypes.DATETIME, "started_at < (RFC 3339)"),
+    "min_duration": (int, "duration ≥"),
+    "max_duration": (int, "duration ≤"),
+    "answered": (OpenApiTypes.BOOL, "answered (true/false)"),
+}
+_PARAMETERS = [
+    OpenApiParameter(
+        "group_by",
+        str,
+        description="One or two comma-separated dimensions (at most one time dimension): "
+        f"{', '.join(TIME_DIMENSIONS)} (time buckets on started_at), "
+        f"{', '.join(VALUE_DIMENSIONS)} (billing scope). Default `day`.",
+    ),
+    OpenApiParameter("tz", str, description="IANA time zone of the time buckets (default UTC)."),
+    OpenApiParameter("format", str, enum=["json", "csv"], description="Default json."),
+    OpenApiParameter("filter", str, description="The list's filter expression."),
+    OpenApiParameter("search", str, description="The list's free-text search."),
+    *[
+        OpenApiParameter(
+            name,
+            _PLAIN_TYPES.get(name, (str, ""))[0],
+            description=_PLAIN_TYPES.get(name, (str, f"{name} equals"))[1] or f"{name} equals",
+            enum={"direction": list(DIRECTIONS), "end_reason": list(END_REASONS)}.get(name),
+        )
+        for name in PLAIN_FILTER_NAMES
+    ],
+]
+_ERROR = OpenApiResponse(ErrorResponseSerializer, description="Contract error body")
+
+
+# --- the view ----------------------------------------------------------------------------
+
+
+def _csv(result: StatsResult, *, billing: bool) -> HttpResponse:
+    columns = [*result.group_by, "calls", "answered", "asr", "total_duration", "acd", "avg_pdd"]
+    if billing:
+        columns.append("cost")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(columns)
+    for item in result.items:
+        row = {**item["key"], **{k: v for k, v in item.items() if k != "key"}}
+        writer.writerow(
+            [
+                csv_escape(format(row[c], "f") if isinstance(row[c], Decimal) else str(row[c]))
+                for c in columns
+            ]
+        )
+    response = HttpResponse(buffer.getvalue(), content_type="text/csv")
+    response["Content-Disposition"] = 'attachment; filename="cdr-stats.csv"'
+    return response
+
+
+class CdrStatsView(APIView):
+    """GET /api/cdrs/stats."""
+
+    required_scopes = {"GET": "read", "HEAD": "read"}
+
+    @extend_schema(
+        summary="Call statistics: calls, ASR, ACD, PDD and cost per time bucket or dimension",
+        parameters=_PARAMETERS,
+        responses={
+            (200, "application/json"): StatsResponseSerializer,
+            (200, "text/csv"): OpenApiTypes.STR,
+            400: _ERROR,
+            401: _ERROR,
+            403: _ERROR,
+        },
+    )
+    def get(self, request: Request) -> Any:
+        token = token_of(request)
+        billing = token.scope_billing
+        try:
+            own, rest = split_stats_params(dict(request.query_params.lists()))
+            stats_options = parse_stats_options(own, billing=billing)
+            list_options = parse_list_options(rest, billing=billing)
+            result = cdr_stats(token, list_options, stats_options, billing=billing)
+        except BillingDimension as exc:
+            raise PermissionDenied(str(exc)) from exc
+        except OptionError as exc:
+            raise ValidateFailed(str(exc), {"option": exc.option}) from exc
+        if stats_options.csv:
+            return _csv(result, billing=billing)
+        return Response(
+            {
+                "group_by": list(result.group_by),
+                "tz": result.tz_name,
+                "items": result.items,
+                "total": result.total,
+            }
+        )
