@@ -20,6 +20,7 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
 from cdrs.models import ApiToken
+from cdrs.throttling import AuthFailureThrottle
 from cdrs.tokens import split_token, token_digest, token_is_live
 
 # Per-process cache: digest -> (token, cached_at). Saves one query per request on the hot
@@ -96,10 +97,15 @@ class BearerTokenAuthentication(BaseAuthentication):
             raise exceptions.AuthenticationFailed(
                 "malformed Authorization header: expected 'Bearer <token>'"
             )
+        failures = AuthFailureThrottle()
+        if wait := failures.blocked_for(request):
+            raise exceptions.Throttled(wait, "too many rejected tokens from this address.")
         token = _lookup(plain)
         if token is None:
+            failures.record(request)
             raise exceptions.AuthenticationFailed("invalid token")
         if not token_is_live(token, timezone.now()):
+            failures.record(request)
             raise exceptions.AuthenticationFailed("token is disabled or expired")
         _touch(token)
         request.META["cdr.token_prefix"] = token.prefix  # for the request log

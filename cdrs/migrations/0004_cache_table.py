@@ -1,0 +1,22 @@
+"""The database cache's table (settings.CACHES without REDIS_URL): rate limit and admin
+lockout counters. Created here so every deployment has it after ``migrate``, whichever
+cache the settings name at that moment."""
+
+from django.core.management import call_command
+from django.db import migrations
+
+TABLE = "cdr_cache"
+
+
+def create(apps, schema_editor):
+    call_command("createcachetable", TABLE, database=schema_editor.connection.alias, verbosity=0)
+
+
+def drop(apps, schema_editor):
+    schema_editor.execute(f"DROP TABLE IF EXISTS {schema_editor.quote_name(TABLE)}")
+
+
+class Migration(migrations.Migration):
+    dependencies = [("cdrs", "0003_domain_indexes")]
+
+    operations = [migrations.RunPython(create, drop)]
