@@ -10,6 +10,10 @@ TABLE = "cdr_cache"
 
 def create(apps, schema_editor):
     call_command("createcachetable", TABLE, database=schema_editor.connection.alias, verbosity=0)
+    if schema_editor.connection.vendor == "postgresql":
+        # Counters need no crash safety: unlogged, the commit of each counted request writes
+        # no WAL and waits for no flush (logged, it added about twice the time per request).
+        schema_editor.execute(f"ALTER TABLE {schema_editor.quote_name(TABLE)} SET UNLOGGED")
 
 
 def drop(apps, schema_editor):
