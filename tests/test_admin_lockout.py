@@ -4,24 +4,30 @@ the database or the Redis holding the counters is down."""
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import re
+import secrets
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
+from http.cookies import SimpleCookie
+from urllib.parse import urlencode
 
 import pytest
 from axes.handlers.proxy import AxesProxyHandler
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.test import Client, override_settings
 
 from tests.api.test_throttling import DATABASE_CACHE, assert_counters_in
-from tests.test_ops import BASE_DIR, SUBPROCESS_TIMEOUT, production_env
+from tests.conftest import delete_redis_keys
+from tests.test_ops import BASE_DIR, SUBPROCESS_TIMEOUT, gunicorn, manage, production_env
 
 PASSWORD = "the-right-password-7"
 
@@ -174,8 +180,6 @@ def test_the_admin_answers_a_plain_503_page_while_the_database_is_down(tmp_path,
         LOG_LEVEL="CRITICAL",
     )
     if store == "redis":
-        from django.conf import settings
-
         env.update(REDIS_URL=settings.TEST_REDIS_URL, REDIS_KEY_PREFIX="cdrtest-outage")
     done = subprocess.run(
         [sys.executable, "-c", DATABASE_DOWN],
@@ -193,3 +197,73 @@ def test_the_admin_answers_a_plain_503_page_while_the_database_is_down(tmp_path,
         assert "Service unavailable" in body, what
         assert "Server Error" not in body and "Traceback" not in body, what
         assert "127.0.0.1:1" not in body and "secret-pw" not in body, what
+
+
+def form_login(base: str, username: str, password: str) -> int:
+    """Log in through the admin form over real HTTP, as a browser would; the status."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", "/admin/login/")
+        form = conn.getresponse()
+        page = form.read().decode()
+        cookie = SimpleCookie()
+        for header in form.headers.get_all("Set-Cookie") or []:
+            cookie.load(header)
+        csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+        assert form.status == 200 and csrf is not None
+        body = urlencode(
+            {"username": username, "password": password, "csrfmiddlewaretoken": csrf[1]}
+        )
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Cookie": f"csrftoken={cookie['csrftoken'].value}",
+        }
+        conn.request("POST", "/admin/login/?next=/admin/", body, headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("store", ["redis", "database"])
+def test_two_app_servers_share_the_admin_lockout(tmp_path, store):
+    # Production settings, but the admin's pages link static files without collectstatic.
+    (tmp_path / "lockout_settings.py").write_text(
+        "from cdrservice.settings import *  # noqa: F403\n"
+        "STORAGES['staticfiles'] = "
+        "{'BACKEND': 'django.contrib.staticfiles.storage.StaticFilesStorage'}\n"
+    )
+    env = production_env(
+        tmp_path,
+        DJANGO_SETTINGS_MODULE="lockout_settings",
+        PYTHONPATH=str(tmp_path),
+        LOG_LEVEL="WARNING",
+        CDR_ADMIN_LOGIN_FAILURES="4",
+    )
+    prefix = f"cdrtest-admin-{secrets.token_hex(6)}"
+    if store == "redis":
+        env.update(REDIS_URL=settings.TEST_REDIS_URL, REDIS_KEY_PREFIX=prefix)
+    assert manage("migrate", "--no-input", "-v", "0", env=env).returncode == 0
+    created = manage(
+        "createsuperuser",
+        "--no-input",
+        "--username",
+        "boss",
+        "--email",
+        "boss@example.com",
+        env={**env, "DJANGO_SUPERUSER_PASSWORD": PASSWORD},
+    )
+    assert created.returncode == 0, created.stderr
+    try:
+        with ExitStack() as stack:
+            first = stack.enter_context(gunicorn(env, tmp_path))
+            second = stack.enter_context(gunicorn(env, tmp_path))
+            statuses = [form_login(base, "boss", "guess") for base in (first, second) * 2]
+            assert statuses == [200, 200, 200, 429]  # the 4th failure locks
+            for base in (first, second):  # 4 failures between them: locked on both
+                assert form_login(base, "boss", PASSWORD) == 429
+    finally:
+        if store == "redis":
+            assert delete_redis_keys(settings.TEST_REDIS_URL, prefix) > 0
