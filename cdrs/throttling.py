@@ -184,7 +184,8 @@ def admin_lockout_response(
 ) -> HttpResponse:
     """django-axes' answer to a locked-out admin login: 429 with Retry-After."""
     seconds = int(settings.AXES_COOLOFF_TIME.total_seconds())
-    page = _LOCKED_PAGE.format(minutes=seconds // 60, failures=settings.AXES_FAILURE_LIMIT)
+    minutes = max(1, round(seconds / 60))
+    page = _LOCKED_PAGE.format(minutes=minutes, failures=settings.AXES_FAILURE_LIMIT)
     response = HttpResponse(page, status=429)
     response["Retry-After"] = str(seconds)
     return response

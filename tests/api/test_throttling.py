@@ -181,3 +181,10 @@ def test_two_app_servers_share_the_counters(tmp_path, store):
     finally:
         if store == "redis":
             assert delete_redis_keys(settings.TEST_REDIS_URL, prefix) > 0
+
+
+@pytest.mark.parametrize("rate", ["lots", "0/min", "10/0s", "5/week"])
+def test_a_malformed_rate_stops_the_service_at_startup(tmp_path, rate):
+    done = manage("check", env=production_env(tmp_path, CDR_TOKEN_RATE=rate))
+    assert done.returncode != 0
+    assert f"CDR_TOKEN_RATE: not a rate: {rate!r}" in done.stderr.strip().splitlines()[-1]
