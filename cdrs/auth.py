@@ -22,6 +22,7 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
 from cdrs.models import ApiToken
+from cdrs.throttling import AuthFailureThrottle
 from cdrs.tokens import split_token, token_digest, token_is_live
 
 # Per-process cache: digest -> (token, cached_at). Saves one query per request on the hot
@@ -107,14 +108,21 @@ class BearerTokenAuthentication(BaseAuthentication):
 
 def _authenticate_token(request: Request, plain: str) -> tuple[Any, ApiToken]:
     """(user, token) for a live token, else 401; the same checks whatever carried it."""
+    failures = AuthFailureThrottle()
+    if wait := failures.blocked_for(request):
+        # Before any lookup: a guesser over the limit cannot tell a right guess either.
+        raise exceptions.Throttled(wait, "too many rejected tokens from this address.")
     token = _lookup(plain)
     if token is None:
+        failures.record(request)
         raise exceptions.AuthenticationFailed("invalid token")
     if not token_is_live(token, timezone.now()):
+        failures.record(request)
         raise exceptions.AuthenticationFailed("token is disabled or expired")
     if not token.user.is_active:
         # A deactivated user's tokens stop like revoked ones: the cached token carries
         # the user as loaded, so this holds within CDR_TOKEN_CACHE_SECONDS.
+        failures.record(request)
         raise exceptions.AuthenticationFailed("token is disabled: its user is inactive")
     _touch(token)
     request.META["cdr.token_prefix"] = token.prefix  # for the request log

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -34,6 +35,34 @@ def env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError as exc:
         raise ImproperlyConfigured(f"{name} must be an integer, not {raw!r}") from exc
+
+
+_RATE_RE = re.compile(r"\s*(\d+)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)s?\s*")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_rate(text: str) -> tuple[int, int]:
+    """``"6000/min"`` -> (6000, 60), ``"30/10min"`` -> (30, 600): requests per window seconds.
+
+    DRF's own rates ("100/min"); an optional count before the unit allows longer windows.
+    """
+    match = _RATE_RE.fullmatch(text.lower())
+    count, per = (int(match[1]), int(match[2] or 1)) if match else (0, 0)
+    if match is None or count < 1 or per < 1:
+        raise ValueError(f"not a rate: {text!r} (e.g. 6000/min, 30/10min, 100/s, off)")
+    return count, per * _UNIT_SECONDS[match[3][0]]
+
+
+def env_rate(name: str, default: str) -> str | None:
+    """A rate like ``6000/min`` or ``30/10min`` (checked at startup); ``off`` means no limit."""
+    raw = os.environ.get(name, default).strip()
+    if raw.lower() in {"off", "none"}:
+        return None
+    try:
+        parse_rate(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: {exc}") from None
+    return raw
 
 
 def env_list(name: str, default: str = "") -> list[str]:

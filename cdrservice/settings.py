@@ -8,11 +8,12 @@ manage.py), and Django refuses any use of an empty one.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
 
-from cdrservice.env import env_bool, env_int, env_list, env_str
+from cdrservice.env import env_bool, env_int, env_list, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -39,6 +40,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "cdrs",
 ]
 
@@ -53,6 +55,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks: turns a lockout into a page
 ]
 
 ROOT_URLCONF = "cdrservice.urls"
@@ -89,6 +92,30 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
     )
+
+# --- Shared cache: the rate limits' and the admin lockout's counters (README "Security") ---
+# Every worker and app server must see the same counters, so never per-process memory:
+# Redis when REDIS_URL is set, else a table in the database (migration cdrs 0004_cache_table).
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": env_str("REDIS_KEY_PREFIX", "cdrservice"),
+            # A Redis that does not answer must not hold workers (the limits then fail open).
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "cdr_cache",
+            # Culling past this count may drop live counters; expired ones go first.
+            "OPTIONS": {"MAX_ENTRIES": 10000},
+        }
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -139,7 +166,13 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["cdrs.api.parsers.DecimalJSONParser"],
     "DEFAULT_FILTER_BACKENDS": [],
     "DEFAULT_PAGINATION_CLASS": None,
-    "DEFAULT_THROTTLE_CLASSES": [],
+    "DEFAULT_THROTTLE_CLASSES": ["cdrs.throttling.TokenRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        # Requests per token; generous: a PBX posts one request per call or per batch.
+        "token": env_rate("CDR_TOKEN_RATE", "6000/min"),
+        # Rejected tokens per client IP (cdrs.auth); then 429 until the window has passed.
+        "auth_failure": env_rate("CDR_AUTH_FAILURE_RATE", "30/10min"),
+    },
     "EXCEPTION_HANDLER": "cdrs.api.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
@@ -178,6 +211,22 @@ CDR_STATEMENT_TIMEOUT_MS = env_int("CDR_STATEMENT_TIMEOUT_MS", 5000)
 CDR_EXPORT_STATEMENT_TIMEOUT_MS = env_int("CDR_EXPORT_STATEMENT_TIMEOUT_MS", 60000)
 # Largest skip= the list accepts; deeper pages go by cursor (constant cost at any depth).
 CDR_MAX_SKIP = env_int("CDR_MAX_SKIP", 100000)
+
+# --- Admin login: django-axes locks a username at an address after repeated failures ---
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"  # counters in the shared cache above
+AXES_FAILURE_LIMIT = env_int("CDR_ADMIN_LOGIN_FAILURES", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("CDR_ADMIN_LOCKOUT_MINUTES", 15))
+# Username and address together: a guesser cannot lock a colleague out from elsewhere.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "cdrs.throttling.client_ip"
+AXES_LOCKOUT_CALLABLE = "cdrs.throttling.admin_lockout_response"
+AXES_ENABLE_ADMIN = False  # the cache handler keeps no attempt rows to show
+AXES_VERBOSE = False  # no banner on stdout at every start (commands print their results there)
 
 # --- metrics: Prometheus at /metrics (cdrs/metrics.py; CDR_METRICS_ALLOW limits who reads it) ---
 CDR_METRICS = env_bool("CDR_METRICS", True)

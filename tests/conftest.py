@@ -11,7 +11,9 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+import redis
 from _pytest.faulthandler import fault_handler_stderr_fd_key
+from django.conf import settings
 from django.test import Client
 
 from cdrs.tokens import mint_token
@@ -30,6 +32,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
+
+
+def delete_redis_keys(url: str, prefix: str) -> int:
+    """Delete every key under ``prefix`` (never FLUSHDB: other programs share this Redis)."""
+    with redis.Redis.from_url(url) as client:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        return client.delete(*keys) if keys else 0
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_limit_counters() -> Iterator[None]:
+    """Each test starts with no rate limit or lockout counters (they live in Redis)."""
+    yield
+    delete_redis_keys(settings.TEST_REDIS_URL, settings.CACHES["default"]["KEY_PREFIX"])
 
 
 class ApiClient(Client):

@@ -56,7 +56,7 @@ def staff(django_user_model: Any) -> Any:
 def test_staff_only(client, django_user_model):
     assert client.get(URL).status_code == 302  # to the login page
     django_user_model.objects.create_user("someone", password="pw-123456")
-    client.login(username="someone", password="pw-123456")
+    client.force_login(django_user_model.objects.get(username="someone"))
     response = client.get(URL)
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
 
@@ -65,7 +65,7 @@ def test_figures_equal_the_api_for_the_same_range(client, staff, api_client):
     create_generated(200, seed=4)  # the 365 days before 2026-01-01
     create_cdrs(cdr_payload(started=datetime(2025, 12, 20, 23, 30, tzinfo=UTC), trunk="sipgate"))
     staff.user_permissions.add(Permission.objects.get(codename="view_billing"))
-    client.login(username="ops", password="pw-123456")
+    client.force_login(staff)
     query = {"start": "2025-11-15", "end": "2025-12-31", "tz": "Europe/Berlin"}
     response = client.get(URL, query)
     assert response.status_code == 200
@@ -96,7 +96,7 @@ def test_figures_equal_the_api_for_the_same_range(client, staff, api_client):
 
 def test_cost_only_with_view_billing(client, staff):
     create_cdrs(cdr_payload(started=timezone.now() - timedelta(days=1), cost=Decimal("1.5")))
-    client.login(username="ops", password="pw-123456")
+    client.force_login(staff)
     html = client.get(URL).content.decode()
     assert "data-cost" not in html and ">Cost<" not in html and "1.500000" not in html
     staff.user_permissions.add(Permission.objects.get(codename="view_billing"))
@@ -105,7 +105,7 @@ def test_cost_only_with_view_billing(client, staff):
 
 
 def test_default_range_is_the_last_30_days_or_follows_older_data(client, staff):
-    client.login(username="ops", password="pw-123456")
+    client.force_login(staff)
     create_cdrs(cdr_payload(started=datetime(2025, 12, 31, 12, tzinfo=UTC)))  # demo data's end
     html = client.get(URL).content.decode()
     assert "2025-12-02 to 2025-12-31 (UTC)" in html  # the 30 days up to the newest call
@@ -126,7 +126,7 @@ def test_default_range_is_the_last_30_days_or_follows_older_data(client, staff):
     ],
 )
 def test_bad_input_is_a_message_not_an_error(client, staff, query):
-    client.login(username="ops", password="pw-123456")
+    client.force_login(staff)
     response = client.get(URL, query)
     assert response.status_code == 200
     html = response.content.decode()
@@ -135,5 +135,5 @@ def test_bad_input_is_a_message_not_an_error(client, staff, query):
 
 
 def test_linked_from_the_admin_index(client, staff):
-    client.login(username="ops", password="pw-123456")
+    client.force_login(staff)
     assert f'href="{URL}"' in client.get("/admin/").content.decode()

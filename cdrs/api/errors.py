@@ -8,6 +8,7 @@ anything unexpected all come out of ``exception_handler``; Django-level 404/500 
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from django.conf import settings
@@ -19,6 +20,7 @@ from django.core.exceptions import (
 )
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from redis.exceptions import RedisError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
@@ -143,7 +145,26 @@ def json_404(request: HttpRequest, exception: Exception | None = None) -> HttpRe
     return page_not_found(request, exception or Http404())
 
 
+# Outside DRF views (the admin, middleware): the database, or the Redis holding the admin's
+# login counters, cannot be reached. Plain HTML: it may be all a browser user sees.
+_UNAVAILABLE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Service unavailable</title></head>
+<body><h1>Service unavailable</h1>
+<p>The database cannot be reached just now. Try again in a moment.</p></body></html>
+"""
+
+
 def json_500(request: HttpRequest) -> HttpResponse:
+    # Django calls this handler while it handles the exception, so sys.exc_info() has it.
+    if isinstance(sys.exc_info()[1], OperationalError | InterfaceError | RedisError):
+        if request.path.startswith("/api/"):
+            response: HttpResponse = JsonResponse(
+                error_body(503, "database unavailable, try again shortly"), status=503
+            )
+        else:
+            response = HttpResponse(_UNAVAILABLE_PAGE, status=503)
+        response["Retry-After"] = "5"
+        return response
     if request.path.startswith("/api/"):
         return JsonResponse(error_body(500, "internal error"), status=500)
     from django.views.defaults import server_error
