@@ -156,6 +156,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "cdrs.api.schema.strip_trailing_slashes",
+        "cdrs.api.schema.add_examples",
     ],
     # The schema and the docs page are public: a browser cannot send a Bearer header when
     # it opens /api/docs. API calls made from the page still need a token ("Authorize").

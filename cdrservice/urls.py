@@ -2,10 +2,11 @@
 
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
 from cdrs import health, metrics
+from cdrs.api.schema import SchemaView
 from cdrs.api.views import CdrViewSet
 
 router = SimpleRouter()
@@ -13,7 +14,7 @@ router.trailing_slash = "/?"  # PortSIP's paths have none; a trailing slash is a
 router.register("cdrs", CdrViewSet, basename="cdr")
 
 urlpatterns = [
-    path("api/schema", SpectacularAPIView.as_view(), name="schema"),
+    path("api/schema", SchemaView.as_view(), name="schema"),
     path("api/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/", include(router.urls)),
     path("admin/", admin.site.urls),

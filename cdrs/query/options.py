@@ -19,6 +19,7 @@ from cdrs.query.plain import PLAIN_FILTER_NAMES, PlainFilterError, plain_filter_
 
 TOP_DEFAULT = 100
 TOP_MAX = 1000
+SKIP_MAX = 2**31 - 1
 SEARCH_MAX = 200
 LIST_OPTIONS = ("top", "skip", "orderby", "filter", "search", "count", "cursor")
 EXPORT_OPTIONS = ("orderby", "filter", "search", "format")
@@ -93,7 +94,7 @@ def parse_list_options(
         opts.export_format = fmt
     else:
         opts.top = _int(params, "top", TOP_DEFAULT, 1, TOP_MAX)
-        opts.skip = _int(params, "skip", 0, 0, 2**31 - 1)
+        opts.skip = _int(params, "skip", 0, 0, SKIP_MAX)
         count = _single(params, "count")
         if count not in (None, "true", "false"):
             raise OptionError("count", "must be true or false")
