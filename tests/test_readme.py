@@ -263,3 +263,26 @@ def test_first_admin_user_as_the_readme_says(demo_server):
     assert done.returncode == 0, done.stderr
     with urllib.request.urlopen(f"http://127.0.0.1:{demo_server.port}/admin/login/") as page:
         assert page.status == 200
+
+
+def _readyz_count(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = re.search(
+        r'^cdr_http_requests_total\{[^}]*endpoint="readyz"[^}]*method="GET"[^}]*\} (\S+)$',
+        text,
+        flags=re.MULTILINE,
+    )
+    return float(found.group(1)) if found else 0.0
+
+
+def test_metrics_under_bin_run_add_up_every_worker(demo_server):
+    # bin/run starts 2 workers: /metrics must show their sum whichever worker answers.
+    directory = demo_server.project / ".run" / "prometheus"
+    before = _readyz_count(demo_server.port)
+    for _ in range(30):  # /readyz: nothing else calls it (the startup poll uses /healthz)
+        with urllib.request.urlopen(f"http://127.0.0.1:{demo_server.port}/readyz", timeout=10):
+            pass
+    scrapes = {_readyz_count(demo_server.port) for _ in range(8)}
+    assert scrapes == {before + 30}, (before, scrapes)
+    assert list(directory.glob("*.db")), "no multiprocess files in bin/run's directory"
