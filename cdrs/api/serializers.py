@@ -141,7 +141,8 @@ class CdrDetailResponseSerializer(serializers.Serializer):
 
 
 class IngestBatchSerializer(serializers.Serializer):
-    items = CdrInputSerializer(many=True, min_length=1, max_length=MAX_BATCH)
+    # many=True hands min_length/max_length to the ListSerializer (the stubs miss them).
+    items = CdrInputSerializer(many=True, min_length=1, max_length=MAX_BATCH)  # type: ignore[call-arg]
 
 
 class IngestResponseSerializer(serializers.Serializer):
