@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
+from django.http import HttpRequest, JsonResponse
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import PolymorphicProxySerializer
 from drf_spectacular.views import SpectacularAPIView
@@ -15,6 +16,7 @@ from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 
 from cdrs.api import serializers as s
+from cdrs.api.errors import error_body
 
 
 class CdrSchema(AutoSchema):
@@ -53,7 +55,18 @@ class _FormatParamNegotiation(DefaultContentNegotiation):
 
 
 class SchemaView(SpectacularAPIView):
+    """/api/schema: YAML by default, JSON with ``?format=json`` (or ``Accept``)."""
+
     content_negotiation_class = _FormatParamNegotiation
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        # Before DRF's negotiation, which would answer an unknown format with a YAML 404.
+        wanted = request.GET.get("format")
+        if wanted not in (None, "json", "yaml"):
+            return JsonResponse(
+                error_body(400, "format: must be json or yaml", {"option": "format"}), status=400
+            )
+        return super().dispatch(request, *args, **kwargs)
 
 
 def strip_trailing_slashes(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -104,14 +117,36 @@ def demo_examples() -> dict[str, Any]:
     }
 
 
+# The plain filters (django-filter documents their types; these say what they do).
+PLAIN_FILTER_DOCS = {
+    "started_after": "Only CDRs that started at or after this RFC 3339 time (any offset).",
+    "started_before": "Only CDRs that started before this RFC 3339 time (half-open window).",
+    "caller": "Exact caller.",
+    "callee": "Exact callee.",
+    "call_id": "Exact SIP Call-ID.",
+    "direction": "Exact direction.",
+    "end_reason": "Exact end reason.",
+    "trunk": "Exact trunk.",
+    "caller_domain": "Exact caller domain.",
+    "callee_domain": "Exact callee domain.",
+    "min_duration": "Only CDRs with duration >= this many seconds.",
+    "max_duration": "Only CDRs with duration <= this many seconds.",
+    "answered": "true: answered calls only; false: calls never answered.",
+}
+
+
 def _example(value: Any, summary: str) -> dict[str, Any]:
     return {"summary": summary, "value": value}
 
 
 def add_examples(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-    """Attach the demo-data examples to each operation's request and success responses."""
+    """Describe the plain filters; attach demo-data examples to requests and responses."""
     ex = demo_examples()
     paths = result["paths"]
+    for path in ("/api/cdrs", "/api/cdrs/export"):
+        for param in paths.get(path, {}).get("get", {}).get("parameters", []):
+            if param["name"] in PLAIN_FILTER_DOCS:
+                param["description"] = PLAIN_FILTER_DOCS[param["name"]]
 
     def content(path: str, method: str, status: str, media: str) -> dict[str, Any] | None:
         op = paths.get(path, {}).get(method)

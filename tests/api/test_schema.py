@@ -55,6 +55,10 @@ def test_schema_is_json_with_format_json_and_yaml_by_default(client):
     assert "json" in as_json["Content-Type"]
     assert orjson.loads(as_json.content)["openapi"].startswith("3.")
     as_yaml = client.get("/api/schema")
+    assert client.get("/api/schema?format=yaml")["Content-Type"] == as_yaml["Content-Type"]
+    unknown = client.get("/api/schema?format=xml")
+    assert unknown.status_code == 400
+    assert orjson.loads(unknown.content)["errors"][0]["code"] == "VALIDATE_FAILED"
     assert as_yaml["Content-Type"].startswith("application/vnd.oai.openapi;")  # YAML
     assert (
         yaml.safe_load(as_yaml.content)["paths"].keys()
@@ -210,6 +214,15 @@ def test_every_operation_has_a_summary_description_and_demo_example(openapi):
     )
     path_id = next(p for p in detail["parameters"] if p["name"] == "id")
     assert "base64" in path_id["description"] and "decimal" in path_id["description"]
+
+
+def test_every_parameter_is_described(openapi):
+    for path, methods in openapi["paths"].items():
+        for method, operation in methods.items():
+            for param in operation.get("parameters", []):
+                description = param.get("description", "")
+                assert len(description) > 8, (method, path, param["name"])
+                assert "* `" not in description, (method, path, param["name"])
 
 
 def test_export_documents_csv_ndjson_and_the_plain_filters(openapi):
