@@ -10,9 +10,11 @@ server.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -23,8 +25,10 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import orjson
+import psycopg
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,14 +131,47 @@ def _local_env(**extra: str) -> dict[str, str]:
 
 
 class DemoServer:
-    def __init__(self, project: Path, port: int, token: str) -> None:
+    def __init__(self, project: Path, port: int, token: str, env: dict[str, str]) -> None:
         self.project = project
         self.port = port
         self.token = token
+        self.env = env  # what the README's commands run with on this path
 
 
-@pytest.fixture(scope="module")
-def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
+@contextlib.contextmanager
+def _scratch_postgresql() -> Iterator[str]:
+    url = os.environ["DATABASE_URL"]
+    name = f"cdrreadme_{secrets.token_hex(4)}"
+    server = urlsplit(url)._replace(scheme="postgresql")
+    admin_url = server._replace(path="/postgres").geturl()
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield server._replace(path=f"/{name}").geturl()
+    finally:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(
+    scope="module",
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)],
+)
+def demo_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DemoServer]:
+    """The README's two paths: bare `bin/run` (SQLite), or DATABASE_URL + SECRET_KEY exported
+    and `manage.py seed_demo` after `bin/run` (PostgreSQL)."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "postgresql":
+            database = stack.enter_context(_scratch_postgresql())
+            env = _local_env(DATABASE_URL=database, SECRET_KEY=secrets.token_urlsafe(50))
+        else:
+            env = _local_env()
+        yield from _serve(tmp_path_factory, env)
+
+
+def _serve(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Iterator[DemoServer]:
     project = tmp_path_factory.mktemp("fresh") / "cdrservice"
     shutil.copytree(
         ROOT,
@@ -147,7 +184,7 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer
     proc = subprocess.Popen(
         ["bin/run"],
         cwd=project,
-        env=_local_env(PORT=str(port), BIND=f"127.0.0.1:{port}", LOG_LEVEL="WARNING"),
+        env={**env, "PORT": str(port), "BIND": f"127.0.0.1:{port}", "LOG_LEVEL": "WARNING"},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -163,9 +200,21 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer
                 assert time.monotonic() < deadline, "bin/run did not start serving"
                 time.sleep(0.5)
         printed = (project / "bin-run.log").read_text()
+        if "DATABASE_URL" in env:  # bin/run loads nothing there: the README's seed_demo line
+            seeded = subprocess.run(
+                [".venv/bin/python", "manage.py", "seed_demo"],
+                cwd=project,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            assert seeded.returncode == 0, seeded.stderr
+            printed = seeded.stdout
         token = re.search(r"^\s+(cdr_\S+)$", printed, flags=re.MULTILINE)
         assert token, printed[-3000:]
-        yield DemoServer(project, port, token.group(1))
+        yield DemoServer(project, port, token.group(1), env)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -225,7 +274,7 @@ def test_tokens_created_as_the_readme_says_work_against_the_server(demo_server):
     for command in created:
         args = shlex.split(command, comments=True)
         done = subprocess.run(
-            args, cwd=demo_server.project, env=_local_env(), capture_output=True, text=True
+            args, cwd=demo_server.project, env=demo_server.env, capture_output=True, text=True
         )
         assert done.returncode == 0, done.stderr
         token = done.stdout.strip().splitlines()[-1]
@@ -239,7 +288,7 @@ def test_tokens_created_as_the_readme_says_work_against_the_server(demo_server):
     listed = subprocess.run(
         [".venv/bin/python", "manage.py", "list_tokens"],
         cwd=demo_server.project,
-        env=_local_env(),
+        env=demo_server.env,
         capture_output=True,
         text=True,
     )
@@ -252,7 +301,8 @@ def test_first_admin_user_as_the_readme_says(demo_server):
     done = subprocess.run(
         [".venv/bin/python", "manage.py", "createsuperuser", "--no-input"],
         cwd=demo_server.project,
-        env=_local_env(
+        env=dict(
+            demo_server.env,
             DJANGO_SUPERUSER_USERNAME="admin",
             DJANGO_SUPERUSER_EMAIL="admin@example.com",
             DJANGO_SUPERUSER_PASSWORD="a-long-demo-password-1",
