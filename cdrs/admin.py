@@ -22,7 +22,7 @@ from django.contrib.admin.views.main import PAGE_VAR, SEARCH_VAR, ChangeList
 from django.core.paginator import Page, Paginator
 from django.db import connection
 from django.db.models import CharField, Max, Min, Q, QuerySet, Value
-from django.db.models.functions import Collate, Upper
+from django.db.models.functions import Collate, Lower, Upper
 from django.db.models.lookups import Contains
 from django.http import HttpRequest
 from django.urls import reverse
@@ -30,7 +30,7 @@ from django.utils import formats, timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import capfirst
 
 from cdrs import fields as spine
@@ -43,10 +43,26 @@ from cdrs.tokens import assign_secret, token_is_live
 from cdrs.values import format_ts
 
 BILLING_PERMISSION = "cdrs.view_billing"
+# The one marker for "no value" on every admin page (empty strings and nulls alike).
 EMPTY = "—"
+# Labels where the field name does not read as English.
+LABELS = {
+    "did_cid": "DID/CID",
+    "call_id": "Call-ID",
+    "outbound_caller_id": "Outbound caller ID",
+    "status_code": "SIP status",
+    "id": "Internal id",
+}
+
+admin.site.site_header = "cdrservice administration"
+admin.site.site_title = "cdrservice admin"
+admin.site.index_title = "Call detail records and API tokens"
+admin.site.site_url = "/api/docs"  # "View site": the API's interactive docs
+admin.site.empty_value_display = EMPTY
 # Other legs of a call listed on a CDR's page; more are one click away in the list.
 SAME_CALL_LIMIT = 50
-# The trunk filter offers the trunks of this many newest CDRs (one index range scan).
+# The trunk and domain filters offer the values of this many newest CDRs (one index range
+# scan), never a SELECT DISTINCT over the whole table.
 TRUNK_SAMPLE_ROWS = 5000
 # Shortest search term that also runs the trigram substring search: pg_trgm cannot use its
 # index for shorter terms, so they would scan the whole table.
@@ -324,6 +340,23 @@ class AnsweredFilter(admin.SimpleListFilter):
         return None
 
 
+def newest_values(request: HttpRequest, name: str) -> set[str]:
+    """The non-empty values of ``name`` (trunk, caller_domain, callee_domain) among the newest
+    CDRs: one bounded index range scan per page view, shared by the three filters."""
+    cached: dict[str, set[str]] | None = getattr(request, "_cdr_newest_values", None)
+    if cached is None:
+        names = ("trunk", "caller_domain", "callee_domain")
+        cached = {n: set() for n in names}
+        newest = Cdr.objects.order_by("-started_at", "-id").values_list(*names)
+        for row in newest[:TRUNK_SAMPLE_ROWS]:
+            for n, value in zip(names, row, strict=True):
+                cached[n].add(value.lower() if n != "trunk" else value)
+        for values in cached.values():
+            values.discard("")
+        request._cdr_newest_values = cached  # type: ignore[attr-defined]
+    return cached[name]
+
+
 class TrunkFilter(admin.SimpleListFilter):
     """Trunk, offered from the trunks of the newest CDRs.
 
@@ -336,8 +369,7 @@ class TrunkFilter(admin.SimpleListFilter):
     parameter_name = "trunk"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        newest = Cdr.objects.order_by("-started_at", "-id").values_list("trunk", flat=True)
-        trunks = set(newest[:TRUNK_SAMPLE_ROWS]) - {""}
+        trunks = set(newest_values(request, "trunk"))
         chosen = self.value()
         if chosen:
             trunks.add(chosen)
@@ -348,28 +380,146 @@ class TrunkFilter(admin.SimpleListFilter):
         return queryset.filter(trunk=value) if value else None
 
 
+class DomainFilter(admin.SimpleListFilter):
+    """A SIP domain, any case: ``?caller_domain=acme.test`` (or callee_domain).
+
+    The choices are the domains of the newest CDRs, like the trunk filter; any other
+    domain is reachable by typing it in the filter's box (or the URL). Matching is
+    ``lower(domain) = lower(value)``, which the per-domain expression indexes serve (the
+    ones domain-limited tokens use), so a filtered page stays an index scan at any size.
+    """
+
+    template = "admin/cdrs/cdr/domain_filter.html"
+    field_name = ""
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        domains = set(newest_values(request, self.field_name))
+        chosen = self.value()
+        if chosen:
+            domains.add(chosen.strip().lower())
+        return [(d, d) for d in sorted(domains)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
+        value = (self.value() or "").strip()
+        if not value:
+            return None
+        return queryset.annotate(**{f"{self.field_name}_lower": Lower(self.field_name)}).filter(
+            **{f"{self.field_name}_lower": value.lower()}
+        )
+
+    def choices(self, changelist: Any) -> Any:
+        yield from super().choices(changelist)
+        # The text box keeps every other filter and the search: hidden inputs.
+        keep = {
+            k: v
+            for k, v in changelist.get_filters_params().items()
+            if k not in (self.parameter_name, PAGE_VAR)
+        }
+        if changelist.query:
+            keep[SEARCH_VAR] = changelist.query
+        yield {
+            "form": True,
+            "name": self.parameter_name,
+            "value": self.value() or "",
+            "hidden": [
+                (k, x) for k, v in keep.items() for x in (v if isinstance(v, list) else [v])
+            ],
+        }
+
+
+class CallerDomainFilter(DomainFilter):
+    title = "caller domain"
+    parameter_name = field_name = "caller_domain"
+
+
+class CalleeDomainFilter(DomainFilter):
+    title = "callee domain"
+    parameter_name = field_name = "callee_domain"
+
+
+class RerouteReasonFilter(admin.SimpleListFilter):
+    """Reroute reason, with the one empty marker for "no reroute" (stored as "")."""
+
+    title = "reroute reason"
+    parameter_name = "reroute_reason__exact"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(r or "none", r or EMPTY) for r in spine.REROUTE_REASONS]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
+        value = self.value()
+        if value is None:
+            return None
+        return queryset.filter(reroute_reason="" if value == "none" else value)
+
+
+# Model fields shown on a CDR's page through ``_shown`` (as ``<name>_shown``).
+SHOWN_FIELDS = (
+    "direction",
+    "caller",
+    "caller_display_name",
+    "caller_domain",
+    "callee",
+    "callee_display_name",
+    "callee_domain",
+    "end_reason",
+    "reroute_reason",
+    "status_code",
+    "destination",
+    "outbound_caller_id",
+    "did_cid",
+    "trunk",
+    "service_number",
+    "call_id",
+    "user_data",
+    "id",
+    "natural_key",
+    "cost",
+    "billed_account",
+)
+
+
+def _shown_names(*names: str) -> tuple[str, ...]:
+    return tuple(f"{n}_shown" for n in names)
+
+
+def _shown(name: str) -> Any:
+    """A read-only detail field: its value, or the empty marker; a human label."""
+
+    @admin.display(description=LABELS.get(name, capfirst(name.replace("_", " "))))
+    def show(self: Any, obj: Cdr) -> Any:
+        value = getattr(obj, name)
+        return EMPTY if value in ("", None) else value
+
+    show.__name__ = f"{name}_shown"
+    return show
+
+
 @admin.register(Cdr)
 class CdrAdmin(admin.ModelAdmin):
     """CDRs, read-only for everyone: they are records, removed only by retention tooling."""
 
     list_display = (
         "started",
-        "direction",
+        "direction_column",
         "caller_column",
         "callee_column",
         "duration_column",
-        "end_reason",
-        "trunk",
+        "end_reason_column",
+        "trunk_shown",
     )
-    billing_columns = ("cost", "billed_account")
+    billing_columns = ("cost", "billed_account")  # model fields (the list reads only these)
     list_display_links = ("started",)
     list_filter = (
+        CallerDomainFilter,
+        CalleeDomainFilter,
         "direction",
         "end_reason",
-        "reroute_reason",
+        RerouteReasonFilter,
         TrunkFilter,
         AnsweredFilter,
     )
+    empty_value_display = EMPTY
     date_hierarchy = "started_at"
     # Sorting by any other column would sort the whole table; started_at has an index both
     # ways.
@@ -399,13 +549,15 @@ class CdrAdmin(admin.ModelAdmin):
             {
                 "fields": (
                     "public_id",
-                    "direction",
-                    "caller",
-                    "caller_display_name",
-                    "caller_domain",
-                    "callee",
-                    "callee_display_name",
-                    "callee_domain",
+                    *_shown_names(
+                        "direction",
+                        "caller",
+                        "caller_display_name",
+                        "caller_domain",
+                        "callee",
+                        "callee_display_name",
+                        "callee_domain",
+                    ),
                 )
             },
         ),
@@ -413,24 +565,20 @@ class CdrAdmin(admin.ModelAdmin):
             "Timing",
             {"fields": ("started_detail", "rang", "answered", "ended", "duration_hms")},
         ),
-        ("Outcome", {"fields": ("end_reason", "reroute_reason", "status_code")}),
+        ("Outcome", {"fields": _shown_names("end_reason", "reroute_reason", "status_code")}),
         (
             "Routing",
             {
-                "fields": (
-                    "destination",
-                    "outbound_caller_id",
-                    "did_cid",
-                    "trunk",
-                    "service_number",
+                "fields": _shown_names(
+                    "destination", "outbound_caller_id", "did_cid", "trunk", "service_number"
                 )
             },
         ),
-        ("Call-ID", {"fields": ("call_id", "same_call")}),
-        ("Other", {"fields": ("user_data", "id", "natural_key")}),
+        ("Call-ID", {"fields": (*_shown_names("call_id"), "same_call")}),
+        ("Other", {"fields": _shown_names("user_data", "id", "natural_key")}),
     )
     fieldsets_billing: Sequence[tuple[str | None, dict[str, Any]]] = (
-        ("Billing", {"fields": ("cost", "billed_account")}),
+        ("Billing", {"fields": _shown_names("cost", "billed_account")}),
     )
 
     # Read-only for everyone, superusers included.
@@ -445,7 +593,7 @@ class CdrAdmin(admin.ModelAdmin):
 
     def get_list_display(self, request: HttpRequest) -> tuple[str, ...]:
         if can_see_billing(request):
-            return (*self.list_display, *self.billing_columns)
+            return (*self.list_display, "cost", "billed_account_shown")
         return self.list_display
 
     def get_fieldsets(self, request: HttpRequest, obj: Cdr | None = None) -> Any:
@@ -526,6 +674,14 @@ class CdrAdmin(admin.ModelAdmin):
     def duration_column(self, obj: Cdr) -> str:
         return hms(obj.duration)
 
+    @admin.display(description="Direction")
+    def direction_column(self, obj: Cdr) -> str:
+        return _breakable(obj.direction)
+
+    @admin.display(description="End reason")
+    def end_reason_column(self, obj: Cdr) -> str:
+        return _breakable(obj.end_reason)
+
     # -- detail ---------------------------------------------------------------------------------
 
     @admin.display(description="Public id")
@@ -564,7 +720,7 @@ class CdrAdmin(admin.ModelAdmin):
             .only("id", "started_at", "caller", "callee", "direction")[: SAME_CALL_LIMIT + 1]
         )
         if not others:
-            return "None"
+            return EMPTY
         info = self.opts.app_label, self.opts.model_name
         items = format_html_join(
             "",
@@ -601,7 +757,17 @@ class CdrAdmin(admin.ModelAdmin):
             "ended",
             "duration_hms",
             "same_call",
+            *_shown_names(*SHOWN_FIELDS),
         )
+
+
+for _name in SHOWN_FIELDS:
+    setattr(CdrAdmin, f"{_name}_shown", _shown(_name))
+
+
+def _breakable(value: str) -> SafeString:
+    """An enum value that may wrap after its underscores (narrow columns, same text)."""
+    return format_html_join(mark_safe("_<wbr>"), "{}", ((part,) for part in value.split("_")))
 
 
 def _number(number: str, display_name: str) -> SafeString:

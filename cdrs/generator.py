@@ -13,7 +13,8 @@ from decimal import Decimal
 from typing import Any
 
 from cdrs.fields import END_REASONS
-from cdrs.values import format_ts
+from cdrs.ids import encode_id, snowflake
+from cdrs.values import format_ts, parse_rfc3339
 
 _DOMAINS = ("pbx.example.com", "sales.example.com", "support.example.org", "acme.test")
 _TRUNKS = ("", "twilio-eu", "sipgate", "bt-wholesale", "telnyx-us")
@@ -91,3 +92,20 @@ def generate_cdrs(
             "service_number": "",
             "user_data": "",
         }
+
+
+# The demo dataset `bin/run` loads (manage.py seed_demo): the README's examples and the
+# OpenAPI examples are taken from it, so they answer with data on a fresh start.
+DEMO_ROWS = 2000
+DEMO_SEED = 1
+DEMO_DAYS = 30
+
+
+def demo_cdrs(rows: int = DEMO_ROWS) -> Iterator[dict[str, Any]]:
+    """The demo CDRs with fixed ids (snowflakes of started_at, row number as low bits).
+
+    Fixed ids make the same demo CDR reachable by the same id on every fresh install.
+    """
+    for n, item in enumerate(generate_cdrs(rows, seed=DEMO_SEED, days=DEMO_DAYS)):
+        item["id"] = encode_id(snowflake(parse_rfc3339(item["started_at"]), n))
+        yield item

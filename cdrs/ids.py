@@ -28,6 +28,7 @@ SNOWFLAKE_MAX_TIME: Final = SNOWFLAKE_EPOCH + timedelta(seconds=(ID_MAX >> LOW_B
 
 _B64_RE: Final = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _DECIMAL_RE: Final = re.compile(rb"[1-9][0-9]{0,18}")
+_DECIMAL_TEXT_RE: Final = re.compile(r"[1-9][0-9]{0,18}")  # ASCII digits only, not \d
 
 
 class InvalidId(ValueError):
@@ -62,6 +63,20 @@ def decode_id(public: str) -> int:
     if value > ID_MAX:
         raise InvalidId("id out of range")
     return value
+
+
+def decode_id_or_decimal(text: str) -> int:
+    """``decode_id``, or the decimal spelling of PortSIP's newer REST guide (``"8781..."``).
+
+    The two spellings cannot collide: a canonical base64 id is never all digits (the base64
+    of an ASCII digit starts with ``M`` or ``N``).
+    """
+    if isinstance(text, str) and _DECIMAL_TEXT_RE.fullmatch(text):
+        value = int(text)
+        if value > ID_MAX:
+            raise InvalidId("id out of range")
+        return value
+    return decode_id(text)
 
 
 def snowflake(started_at: datetime, low_bits: int) -> int:

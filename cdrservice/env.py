@@ -69,7 +69,9 @@ def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
-SECRET_KEY_REQUIRED = "SECRET_KEY must be set (or DEBUG=true for development)"
+SECRET_KEY_REQUIRED = (
+    "SECRET_KEY must be set (without DATABASE_URL, bin/run generates one in .local-secret-key)"
+)
 
 
 def require_secret_key() -> None:

@@ -3,7 +3,8 @@
 See README.md "Configuration" for every variable. DEBUG is off unless DEBUG=true; without
 DEBUG there is no SECRET_KEY default: the service and every command that may sign or hash
 refuse to start without one (cdrservice.env.require_secret_key, called by wsgi.py and
-manage.py), and Django refuses any use of an empty one.
+manage.py), and Django refuses any use of an empty one. Without DATABASE_URL (bin/run's local
+SQLite mode) the key bin/run generated in .local-secret-key is used.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY")
+# bin/run's local mode (no DATABASE_URL: SQLite) generates this file and serves with it; every
+# manage.py command run there reads it too, so tokens it creates are the server's tokens.
+LOCAL_SECRET_KEY_FILE = BASE_DIR / ".local-secret-key"
+if not SECRET_KEY and not env_str("DATABASE_URL") and LOCAL_SECRET_KEY_FILE.is_file():
+    SECRET_KEY = LOCAL_SECRET_KEY_FILE.read_text().strip()
 if not SECRET_KEY and DEBUG:
     SECRET_KEY = "insecure-development-key-only-used-with-DEBUG-true-0123456789abcdef"
 # Key for the token hashes; separate from SECRET_KEY so rotating one does not rotate both.
@@ -192,6 +198,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "cdrs.api.schema.strip_trailing_slashes",
+        "cdrs.api.schema.add_examples",
     ],
     # The schema and the docs page are public: a browser cannot send a Bearer header when
     # it opens /api/docs. API calls made from the page still need a token ("Authorize").

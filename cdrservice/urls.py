@@ -2,11 +2,12 @@
 
 from django.contrib import admin
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
 from cdrs import health, metrics
 from cdrs.admin_dashboard import dashboard_view
+from cdrs.api.schema import SchemaView
 from cdrs.api.stats import CdrStatsView
 from cdrs.api.views import CdrViewSet
 from cdrs.api.webhooks import PortsipWebhookView
@@ -16,7 +17,7 @@ router.trailing_slash = "/?"  # PortSIP's paths have none; a trailing slash is a
 router.register("cdrs", CdrViewSet, basename="cdr")
 
 urlpatterns = [
-    path("api/schema", SpectacularAPIView.as_view(), name="schema"),
+    path("api/schema", SchemaView.as_view(), name="schema"),
     path("api/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     # With or without a trailing slash and never a redirect: PortSIP would not follow one
     # with its POST, and a 404 makes it drop the event.

@@ -518,3 +518,78 @@ def test_token_list_runs_a_bounded_number_of_queries(admin_client, django_assert
         mint_token(username=f"user{n}")
     with django_assert_max_num_queries(8):
         assert admin_client.get(TOKENS).status_code == 200
+
+
+# --- naming, labels, empty values, domain filters -----------------------------------------------
+
+
+def test_site_is_named_and_view_site_opens_the_api_docs(admin_client):
+    html = admin_client.get("/admin/").content.decode()
+    assert "cdrservice administration" in html and "Django administration" not in html
+    assert 'href="/api/docs"' in html  # "View site"
+
+
+def test_detail_has_human_labels_and_one_empty_marker(admin_client):
+    # No reroute, no trunk, no DID, no other legs, never answered, not rated.
+    [pk] = create_cdrs(cdr_payload(reroute_reason="", trunk="", did_cid="", answered_at=None))
+    html = admin_client.get(change_url(pk)).content.decode()
+    for label in ("DID/CID", "Call-ID", "Outbound caller ID"):
+        assert f">{label}:<" in html, label
+    for wrong in ("Did cid", "Call id", "(none)", ">None<", ">-<"):
+        assert wrong not in html, wrong
+    content = html.split('id="content-main"')[1]
+    assert content.count(">—<") >= 5  # trunk, DID/CID, reroute, answered, other CDRs, ...
+
+
+def test_changelist_shows_the_empty_marker_for_missing_values(admin_client):
+    create_cdrs(cdr_payload(trunk="", cost=None, billed_account=""))
+    html = admin_client.get(CDRS).content.decode()
+    row = html.split('id="result_list"')[1].split("</tbody>")[0]
+    assert 'class="field-trunk_shown">—<' in row
+    assert 'class="field-cost">—<' in row and 'class="field-billed_account_shown">—<' in row
+
+
+@pytest.fixture
+def domains() -> dict[str, int]:
+    ids = create_cdrs(
+        cdr_payload(caller_domain="Acme.Test", callee_domain="pbx.example.com"),
+        cdr_payload(caller_domain="pbx.example.com", callee_domain="acme.test"),
+        cdr_payload(caller_domain="other.example.org", callee_domain="other.example.org"),
+    )
+    return dict(zip(("from_acme", "to_acme", "other"), ids, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("caller_domain=acme.test", ["from_acme"]),  # any case
+        ("caller_domain=ACME.TEST", ["from_acme"]),
+        ("callee_domain=acme.test", ["to_acme"]),
+        ("callee_domain=other.example.org&caller_domain=other.example.org", ["other"]),
+        ("caller_domain=nowhere.test", []),
+    ],
+)
+def test_domain_filters(admin_client, domains, query, expected):
+    ids = listed(admin_client.get(f"{CDRS}?{query}"))
+    assert sorted(ids) == sorted(domains[k] for k in expected)
+
+
+def test_domain_filters_offer_recent_domains_and_a_box_that_keeps_other_filters(
+    admin_client, domains
+):
+    html = admin_client.get(CDRS, {"direction__exact": "EXTENSION_CALL", "q": "10"}).content
+    page = html.decode()
+    assert "By caller domain" in page and "By callee domain" in page
+    assert "?caller_domain=acme.test" in page and "?callee_domain=other.example.org" in page
+    box = page.split('id="filter-caller_domain"')[0].rsplit("<form", 1)[1]
+    assert 'name="direction__exact" value="EXTENSION_CALL"' in box
+    assert 'name="q" value="10"' in box
+
+
+def test_domain_filter_is_index_served_not_distinct_over_the_table(admin_client, domains):
+    with CaptureQueriesContext(connection) as ctx:
+        admin_client.get(CDRS, {"caller_domain": "acme.test"})
+    on_cdrs = [q["sql"].upper() for q in ctx.captured_queries if "CDRS_CDR" in q["sql"].upper()]
+    assert not [sql for sql in on_cdrs if "DISTINCT" in sql or "COUNT(" in sql], on_cdrs
+    page = [sql for sql in on_cdrs if "LOWER(" in sql]
+    assert page and all("LIMIT" in sql for sql in page), on_cdrs

@@ -120,13 +120,46 @@ def test_admin_flow_in_a_browser(live_server, browser, plain_http, django_user_m
     assert header not in ("transparent", "rgba(0, 0, 0, 0)")
     assert len(driver.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")) == 81
     assert "of 81" in driver.find_element(By.CSS_SELECTOR, ".cdr-paginator").text
+    # At 1400 px every column is visible, cost and billed account included (not cut off).
+    visible_right = driver.execute_script(
+        "return document.querySelector('#changelist .results').getBoundingClientRect().right"
+    )
+    for column in ("column-cost", "column-billed_account_shown"):
+        right = driver.execute_script(
+            f"return document.querySelector('#result_list th.{column}').getBoundingClientRect()"
+            ".right"
+        )
+        assert right <= visible_right + 1, column
     screenshot(driver, "admin-changelist.png")
+
+    # The site is named and "View site" opens the API docs.
+    assert "cdrservice administration" in driver.find_element(By.ID, "site-name").text
+    view_site = driver.find_element(By.CSS_SELECTOR, "#user-tools a[href='/api/docs']")
+    assert view_site.text.lower() == "view site"
+
+    # Domain filters: type a domain (any case) into the caller domain box...
+    box = driver.find_element(By.ID, "filter-caller_domain")
+    box.send_keys("ACME.test", Keys.ENTER)
+    WebDriverWait(driver, 15).until(ec.url_contains("caller_domain=ACME.test"))
+    caller_rows = driver.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
+    assert 0 < len(caller_rows) < 81
+    # ...then click a callee domain link: both filters apply together.
+    callee_filter = driver.find_element(
+        By.CSS_SELECTOR, "details[data-filter-title='callee domain']"
+    )
+    callee_filter.find_element(By.LINK_TEXT, "acme.test").click()
+    WebDriverWait(driver, 15).until(ec.url_contains("callee_domain=acme.test"))
+    assert "caller_domain=ACME.test" in driver.current_url
+    both = driver.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
+    assert 0 < len(both) <= len(caller_rows)
+    driver.get(f"{base}/admin/cdrs/cdr/")
+    wait_for(driver, "#result_list")
 
     # Filter: click a direction in the sidebar.
     filters = driver.find_element(By.ID, "changelist-filter")
     filters.find_element(By.LINK_TEXT, "INBOUND_CALL").click()
     WebDriverWait(driver, 15).until(ec.url_contains("direction__exact=INBOUND_CALL"))
-    directions = texts(driver, "#result_list td.field-direction")
+    directions = texts(driver, "#result_list td.field-direction_column")
     assert directions and set(directions) == {"INBOUND_CALL"}
 
     # Search for a caller (the direction filter stays).

@@ -237,3 +237,32 @@ def test_header_may_be_any_subset_in_any_order(tmp_path):
     assert run_import(str(path))[0] == 0
     assert Cdr.objects.get().callee == ""
     assert set(ALL_FIELD_NAMES) >= set(header)
+
+
+def _reltuples() -> float:
+    with connection.cursor() as cur:
+        cur.execute("SELECT reltuples FROM pg_class WHERE relname = 'cdrs_cdr'")
+        return float(cur.fetchone()[0])
+
+
+@pytest.mark.postgresql
+def test_a_large_import_analyzes_the_table(tmp_path):
+    # reltuples is what ANALYZE records (transactionally, so visible inside the test's
+    # transaction): the planner's row estimate is then the table's real size.
+    path = write_ndjson(tmp_path / "a.ndjson", list(generate_cdrs(57, seed=11)))
+    before = _reltuples()
+    code, _out, err = run_import(str(path), "--analyze-threshold", "50")
+    assert code == 0
+    assert "analyzed the CDR table (57 CDRs created)" in err
+    assert _reltuples() == Cdr.objects.count() == 57 != before
+
+
+@pytest.mark.postgresql
+def test_small_imports_and_no_analyze_leave_statistics_to_autovacuum(tmp_path):
+    before = _reltuples()
+    small = write_ndjson(tmp_path / "small.ndjson", list(generate_cdrs(20, seed=12)))
+    assert run_import(str(small), "--analyze-threshold", "50")[2] == ""
+    large = write_ndjson(tmp_path / "large.ndjson", list(generate_cdrs(60, seed=13)))
+    code, _out, err = run_import(str(large), "--analyze-threshold", "50", "--no-analyze")
+    assert code == 0 and "analyzed" not in err
+    assert _reltuples() == before

@@ -40,6 +40,9 @@ _CODES = {
     429: "THROTTLED",
     503: "SERVICE_UNAVAILABLE",
 }
+# Every code an error body can carry (the OpenAPI enum is this tuple): the ones above, plus
+# UNKNOWN for any other 5xx (see error_body).
+ERROR_CODES = (*dict.fromkeys(_CODES.values()), "UNKNOWN")
 
 
 class ValidateFailed(exceptions.APIException):

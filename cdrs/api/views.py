@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.http import StreamingHttpResponse
 from django.utils import timezone
 from django_filters.rest_framework import DjangoFilterBackend
@@ -19,28 +20,57 @@ from cdrs import selectors, services
 from cdrs.api import serializers as s
 from cdrs.api.errors import ValidateFailed
 from cdrs.api.permissions import token_of
+from cdrs.api.schema import CDR_OR_BATCH, CdrSchema
 from cdrs.export import StartedStream, csv_lines, ndjson_lines
 from cdrs.fields import visible_field_names
-from cdrs.ids import InvalidId, decode_id, encode_id
+from cdrs.ids import InvalidId, decode_id_or_decimal, encode_id
 from cdrs.models import Cdr
-from cdrs.query.options import OptionError, parse_list_options
+from cdrs.query.filter import MAX_FILTER_LENGTH
+from cdrs.query.options import (
+    SEARCH_MAX,
+    TOP_DEFAULT,
+    TOP_MAX,
+    OptionError,
+    parse_list_options,
+)
 from cdrs.query.plain import CdrPlainFilterSet
 from cdrs.validation import CdrInvalid, validate_cdr
 
-MAX_BATCH = 1000
+MAX_BATCH = s.MAX_BATCH
 
+
+def _error(code: str, when: str) -> OpenApiResponse:
+    return OpenApiResponse(s.ErrorResponseSerializer, description=f"`{code}`: {when}")
+
+
+# Errors every operation can answer; each operation adds the ones it can cause itself.
 _ERRORS = {
-    400: OpenApiResponse(s.ErrorResponseSerializer, description="VALIDATE_FAILED"),
-    401: OpenApiResponse(s.ErrorResponseSerializer, description="UNAUTHORIZED"),
-    403: OpenApiResponse(s.ErrorResponseSerializer, description="FORBIDDEN"),
+    400: _error("VALIDATE_FAILED", "an option or the body is invalid; the message names it."),
+    401: _error(
+        "UNAUTHORIZED",
+        "missing, malformed, unknown, revoked or expired token (`WWW-Authenticate: Bearer`).",
+    ),
+    403: _error("FORBIDDEN", "the token lacks the scope this operation needs."),
+    429: _error("THROTTLED", "too many requests; retry after `Retry-After` seconds."),
+    503: _error(
+        "SERVICE_UNAVAILABLE",
+        "the database is unreachable or too slow right now; retry after `Retry-After` seconds.",
+    ),
 }
+_NOT_FOUND = _error("NOT_FOUND", "no CDR with this id, or one outside the token's domains.")
+_TOO_LARGE = _error("PAYLOAD_TOO_LARGE", "the body is larger than `CDR_MAX_BODY_BYTES`.")
+_UNSUPPORTED = _error("UNSUPPORTED_MEDIA_TYPE", "the body is not `application/json`.")
 _QUERY_DOC = [
-    OpenApiParameter("top", int, description="Page size, 1-1000 (default 100)."),
+    OpenApiParameter(
+        "top",
+        {"type": "integer", "minimum": 1, "maximum": TOP_MAX, "default": TOP_DEFAULT},
+        description=f"Page size, 1-{TOP_MAX} (default {TOP_DEFAULT}).",
+    ),
     OpenApiParameter(
         "skip",
-        int,
-        description="Rows to skip, 0 to CDR_MAX_SKIP (default 100000); deeper pages by "
-        "`cursor`. Default 0.",
+        {"type": "integer", "minimum": 0, "maximum": settings.CDR_MAX_SKIP, "default": 0},
+        description=f"Rows to skip, 0-{settings.CDR_MAX_SKIP} (`CDR_MAX_SKIP`, default 0); "
+        "deeper pages by `cursor`, which is also cheaper at any depth.",
     ),
     OpenApiParameter(
         "orderby",
@@ -50,22 +80,35 @@ _QUERY_DOC = [
     ),
     OpenApiParameter(
         "filter",
-        str,
+        {"type": "string", "maxLength": MAX_FILTER_LENGTH},
         description="OData-style expression: `eq ne gt ge lt le`, `and or not`, parentheses, "
         "`contains(f,'x')`, `startswith(f,'x')`, `endswith(f,'x')` (case-sensitive), "
         "literals `'text'` ('' escapes a quote), integers, decimals, `null`, timestamps as "
         "quoted RFC 3339. Example: `caller eq '101' and started_at gt '2022-01-01T00:00:00Z'`."
-        " At most 2000 characters.",
+        f" At most {MAX_FILTER_LENGTH} characters; cost and billed_account need the billing "
+        "scope.",
     ),
     OpenApiParameter(
         "search",
-        str,
+        {"type": "string", "maxLength": SEARCH_MAX},
         description="Case-insensitive substring over caller, "
         "callee, display names, destination, did_cid, outbound_caller_id, call_id.",
     ),
-    OpenApiParameter("count", OpenApiTypes.BOOL, description="false skips counting (count=-1)."),
+    OpenApiParameter(
+        "count",
+        {"type": "boolean", "default": True},
+        description="false skips counting (count is then -1).",
+    ),
     OpenApiParameter("cursor", str, description="next_cursor of the previous page (keyset)."),
 ]
+_ID_PARAM = OpenApiParameter(
+    "id",
+    str,
+    OpenApiParameter.PATH,
+    description="The CDR's public id, base64 as every response shows it "
+    "(`NzAwNTUxOTA5NzczMTQ4MTYw`), or the decimal id it encodes (`700551909773148160`, the "
+    "spelling of PortSIP's newer REST guide).",
+)
 
 
 def _options(request: Request, *, export: bool = False) -> Any:
@@ -81,6 +124,8 @@ def _options(request: Request, *, export: bool = False) -> Any:
 class CdrViewSet(viewsets.ViewSet):
     """GET/POST /api/cdrs, GET /api/cdrs/{id}, GET /api/cdrs/export."""
 
+    schema = CdrSchema()
+
     required_scopes = {"GET": "read", "HEAD": "read", "POST": "write"}
     # Declared for the OpenAPI schema (plain filters); selectors apply the same FilterSet.
     queryset = Cdr.objects.none()
@@ -93,6 +138,10 @@ class CdrViewSet(viewsets.ViewSet):
 
     @extend_schema(
         summary="List CDRs",
+        description="A page of CDRs, newest first unless `orderby` says otherwise, with the "
+        "number of matching CDRs (`count`) and a `next_cursor` for the next page. Items carry "
+        "every field but cost and billed_account. Scope: read. A token limited to domains "
+        "sees only CDRs whose caller_domain or callee_domain is one of them.",
         parameters=_QUERY_DOC,
         responses={200: s.CdrListResponseSerializer, **_ERRORS},
     )
@@ -108,11 +157,15 @@ class CdrViewSet(viewsets.ViewSet):
 
     @extend_schema(
         summary="Retrieve CDR detailed information",
-        responses={200: s.CdrDetailResponseSerializer, 404: _ERRORS[401], **_ERRORS},
+        description='One CDR, as `{"items": [cdr]}`. cost and billed_account only for '
+        "tokens with the billing scope. Scope: read. An unknown or malformed id, or a CDR "
+        "outside the token's domains, is a 404.",
+        parameters=[_ID_PARAM],
+        responses={200: s.CdrDetailResponseSerializer, 404: _NOT_FOUND, **_ERRORS},
     )
     def retrieve(self, request: Request, pk: str) -> Response:
         try:
-            cdr_id = decode_id(pk)
+            cdr_id = decode_id_or_decimal(pk)
         except InvalidId as exc:
             raise NotFound("CDR not found") from exc
         row = selectors.cdr_get(token_of(request), cdr_id)
@@ -121,9 +174,19 @@ class CdrViewSet(viewsets.ViewSet):
         return Response({"items": [s.cdr_item(row)]})
 
     @extend_schema(
-        summary='Ingest CDRs (one object, or {"items": [...]} with up to 1000)',
-        request=s.IngestBatchSerializer,
-        responses={201: s.IngestResponseSerializer, **_ERRORS},
+        summary="Ingest CDRs",
+        description='Store one CDR (a CDR object) or a batch (`{"items": [...]}`, 1 to '
+        f"{MAX_BATCH}). All or nothing: any invalid CDR is a 400 listing every bad item by "
+        "index and field, and nothing is stored. A CDR already stored (same id, or same "
+        "call_id + started_at + caller + callee) is counted as a duplicate and answered with "
+        "its stored id, never stored twice: re-sending is safe. Scope: write.",
+        request=CDR_OR_BATCH,
+        responses={
+            201: s.IngestResponseSerializer,
+            **_ERRORS,
+            413: _TOO_LARGE,
+            415: _UNSUPPORTED,
+        },
     )
     def create(self, request: Request) -> Response:
         body: Any = request.data
@@ -181,14 +244,30 @@ class CdrViewSet(viewsets.ViewSet):
 
     @extend_schema(
         summary="Export every matching CDR as NDJSON or CSV (streamed)",
-        description='The last line is a trailer with the row count: `{"export_complete":true,'
-        '"rows":N}` (NDJSON) or `#export_complete rows=N` (CSV). A stream without it was cut '
-        "short.",
+        description="Every CDR the query matches, streamed in constant memory: one JSON "
+        "object a line (`format=ndjson`, the default) or CSV with a header of field names "
+        "(`format=csv`; a cell starting with `=`, `+`, `-`, `@`, tab, CR or `'` gets one "
+        "leading `'` so no spreadsheet formula runs). Same filters, search, orderby and "
+        "scopes as the list, no paging. `import_cdrs` reads both back unchanged. The last line "
+        'is a trailer with the row count: `{"export_complete":true,"rows":N}` (NDJSON) or '
+        "`#export_complete rows=N` (CSV); a stream without it was cut short. Scope: read.",
         parameters=[
-            OpenApiParameter("format", str, enum=["ndjson", "csv"], description="Default ndjson."),
+            OpenApiParameter(
+                "format",
+                {"type": "string", "enum": ["ndjson", "csv"], "default": "ndjson"},
+                description="`ndjson` (default) or `csv`.",
+            ),
             *[p for p in _QUERY_DOC if p.name in ("orderby", "filter", "search")],
         ],
-        responses={(200, "application/x-ndjson"): OpenApiTypes.STR, **_ERRORS},
+        responses={
+            (200, "application/x-ndjson"): OpenApiResponse(
+                OpenApiTypes.STR, description="One CDR a line (`format=ndjson`)."
+            ),
+            (200, "text/csv"): OpenApiResponse(
+                OpenApiTypes.STR, description="A header line, then one CDR a row (`format=csv`)."
+            ),
+            **_ERRORS,
+        },
     )
     @action(detail=False, methods=["get"], url_path="export")
     def export(self, request: Request) -> StreamingHttpResponse:

@@ -199,3 +199,22 @@ def test_unfiltered_count_comes_from_the_counter_and_stays_exact(client_ro):
 
     assert Cdr.objects.count() == 12
     assert body(client_ro.get("/api/cdrs"))["count"] == 12
+
+
+def test_detail_accepts_the_decimal_id_spelling_and_answers_base64(client_ro):
+    (cdr_id,) = create_cdrs(cdr_payload())
+    public = encode_id(cdr_id)
+    by_decimal = client_ro.get(f"/api/cdrs/{cdr_id}")  # PortSIP's newer guide: "8781..."
+    assert by_decimal.status_code == 200
+    assert body(by_decimal)["items"][0]["id"] == public  # responses keep base64
+    assert body(by_decimal) == body(client_ro.get(f"/api/cdrs/{public}"))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["0", "007", str(2**63), "9" * 40, "1٢3", "12a", "-5", "+5", "1.5"],
+)
+def test_detail_rejects_malformed_decimal_ids_as_not_found(client_ro, bad):
+    response = client_ro.get(f"/api/cdrs/{bad}")
+    assert response.status_code == 404
+    assert body(response)["errors"][0]["code"] == "NOT_FOUND"

@@ -11,7 +11,13 @@ import orjson
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import InterfaceError, OperationalError
 
-from cdrs.importer import ImportFileError, ImportStats, import_file
+from cdrs.importer import (
+    ANALYZE_THRESHOLD,
+    ImportFileError,
+    ImportStats,
+    analyze_after_import,
+    import_file,
+)
 
 
 def reject_line(entry: dict[str, Any]) -> bytes:
@@ -98,10 +104,22 @@ class Command(BaseCommand):
             help="rows per batch and transaction (default 10000)",
         )
         parser.add_argument("--quiet", action="store_true", help="no progress output")
+        parser.add_argument(
+            "--analyze-threshold",
+            type=int,
+            default=ANALYZE_THRESHOLD,
+            metavar="ROWS",
+            help="on PostgreSQL, ANALYZE the table when the run created at least ROWS CDRs "
+            f"(default {ANALYZE_THRESHOLD}), so queries are planned with fresh statistics",
+        )
+        parser.add_argument(
+            "--no-analyze", action="store_true", help="never ANALYZE (leave it to autovacuum)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         rejects_out = open(options["rejects"], "wb") if options["rejects"] else None  # noqa: SIM115
         any_rejected = False
+        created = 0
         try:
             for path in options["files"]:
                 name = "stdin" if path == "-" else path
@@ -164,6 +182,7 @@ class Command(BaseCommand):
                         "Fix them, or use --lenient --rejects FILE to load the valid rows."
                     )
                 any_rejected |= stats.rejected > 0
+                created += stats.created
                 self.stdout.write(
                     f"{name}: read {stats.read}, created {stats.created}, duplicates "
                     f"{stats.duplicates}, rejected {stats.rejected}, {stats.seconds:.2f} s, "
@@ -172,5 +191,9 @@ class Command(BaseCommand):
         finally:
             if rejects_out is not None:
                 rejects_out.close()
+        if not options["no_analyze"] and analyze_after_import(
+            created, options["analyze_threshold"]
+        ):
+            self.stderr.write(f"analyzed the CDR table ({created} CDRs created)")
         if any_rejected:
             sys.exit(1)

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from cdrs.generator import generate_cdrs
+from cdrs.generator import DEMO_ROWS, demo_cdrs
 from cdrs.models import ApiToken, Cdr
 from cdrs.services import cdr_ingest
 from cdrs.tokens import mint_token
@@ -17,14 +17,14 @@ class Command(BaseCommand):
     help = "Load demo CDRs from the generator and print a token and a curl line to try."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--rows", type=int, default=2000)
+        parser.add_argument("--rows", type=int, default=DEMO_ROWS)
         parser.add_argument("--if-empty", action="store_true", help="only into an empty database")
         parser.add_argument("--port", type=int, default=8887)
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["if_empty"] and (Cdr.objects.exists() or ApiToken.objects.exists()):
             return
-        rows = [validate_cdr(item) for item in generate_cdrs(options["rows"], seed=1, days=30)]
+        rows = [validate_cdr(item) for item in demo_cdrs(options["rows"])]
         created = 0
         for start in range(0, len(rows), 1000):
             created += cdr_ingest(rows[start : start + 1000]).created
