@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.db import DatabaseError, InterfaceError, OperationalError
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, UnreadablePostError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
@@ -25,6 +25,7 @@ _CODES = {
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     406: "NOT_ACCEPTABLE",
+    408: "REQUEST_TIMEOUT",
     413: "PAYLOAD_TOO_LARGE",
     415: "UNSUPPORTED_MEDIA_TYPE",
     429: "THROTTLED",
@@ -72,6 +73,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
 
+    if isinstance(exc, UnreadablePostError):
+        # The body stopped arriving: too slow (the server's read deadline) or cut off.
+        if isinstance(exc.__cause__, TimeoutError):
+            return Response(error_body(408, "request body not received in time"), status=408)
+        return Response(error_body(400, "request body could not be read"), status=400)
     if isinstance(exc, ValidateFailed):
         body = error_body(400, exc.message, exc.extra)
         return Response(body, status=400)
