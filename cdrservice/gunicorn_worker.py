@@ -8,6 +8,9 @@ whole worker. What stock gthread lacks, added here:
   body must arrive within ``GUNICORN_REQUEST_READ_TIMEOUT`` seconds (gunicorn only bounds
   the wait for the first byte and idle keep-alive connections). A head that misses it is
   answered 408 and closed; a body that misses it fails its read (the API answers 408).
+- A bound on a client that stops reading the response (an export nobody reads): a write
+  that makes no progress for ``GUNICORN_SEND_TIMEOUT`` seconds drops the connection, which
+  ends the export and its database transaction instead of holding them for good.
 - A byte cap on the request head (request line plus headers, ``GUNICORN_MAX_REQUEST_HEAD_BYTES``):
   gunicorn.conf.py lifts gunicorn's own request-line limit (8,190 bytes at most, too small
   for the contract's 2,000-character filter once percent-encoded), so this is the limit.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import time
 from typing import Any
 
@@ -28,6 +32,7 @@ from gunicorn.workers import gthread
 
 REQUEST_READ_TIMEOUT = float(os.environ.get("GUNICORN_REQUEST_READ_TIMEOUT") or 30)
 MAX_REQUEST_HEAD_BYTES = int(os.environ.get("GUNICORN_MAX_REQUEST_HEAD_BYTES") or 65536)
+SEND_TIMEOUT = int(os.environ.get("GUNICORN_SEND_TIMEOUT") or 60)
 _END_OF_HEAD = b"\r\n\r\n"
 
 # Status -> contract error code, for the answers gunicorn gives before Django sees a request.
@@ -129,11 +134,19 @@ class _CapturedError:
 
 class ThreadWorker(gthread.ThreadWorker):
     def handle(self, conn: Any) -> Any:
+        if SEND_TIMEOUT > 0 and not getattr(conn, "send_timeout_set", False):
+            # Kernel-level, so it holds while the socket is in blocking mode: a send() with no
+            # room in the buffers for this long fails with EAGAIN.
+            conn.sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", SEND_TIMEOUT, 0)
+            )
+            conn.send_timeout_set = True
         wrapped = self._deadline_socket(conn)
         if wrapped is not None:
             wrapped.start_request()
-        elif conn.parser is None:
+        elif conn.parser is None and not getattr(conn, "read_deadline_armed", False):
             # The parser is created in the thread (TConn.init); wrap its socket as it appears.
+            conn.read_deadline_armed = True
             original_init = conn.init
 
             def init_with_deadline() -> None:
@@ -146,6 +159,13 @@ class ThreadWorker(gthread.ThreadWorker):
 
             conn.init = init_with_deadline
         return super().handle(conn)
+
+    def handle_request(self, req: Any, conn: Any) -> Any:
+        try:
+            return super().handle_request(req, conn)
+        except BlockingIOError as exc:  # SO_SNDTIMEO: the client stopped reading
+            self.log.info("Dropped a client that read nothing for %s s: %s", SEND_TIMEOUT, exc)
+            raise StopIteration("client stopped reading") from exc
 
     @staticmethod
     def _deadline_socket(conn: Any) -> _ReadDeadlineSocket | None:

@@ -90,7 +90,7 @@ def trickling_client(base: str, stop: threading.Event) -> Iterator[None]:
 
 
 @contextmanager
-def stalled_export(base: str, token: str) -> Iterator[None]:
+def stalled_export(base: str, token: str) -> Iterator[socket.socket]:
     """A client that asks for the whole export and then does not read."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: small window
@@ -101,7 +101,7 @@ def stalled_export(base: str, token: str) -> Iterator[None]:
         b"Authorization: Bearer " + token.encode() + b"\r\n\r\n"
     )
     try:
-        yield
+        yield sock
     finally:
         sock.close()
 
@@ -154,6 +154,19 @@ def test_others_are_answered_within_a_second_while_slow_clients_hold_connections
             detail = best_latency(base, f"/api/cdrs/{cdr_id}", token)
     assert healthz < 1.0, f"/healthz took {healthz:.2f} s"
     assert detail < 1.0, f"detail took {detail:.2f} s"
+
+
+def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(request, tmp_path):
+    # One thread in all: while the stalled export holds it, nobody else is served.
+    env, token = seeded_env(
+        request, tmp_path, None, EXPORT_ROWS, GUNICORN_SEND_TIMEOUT="2", GUNICORN_THREADS="1"
+    )
+    with gunicorn(env, tmp_path, workers=1) as base, stalled_export(base, token):
+        time.sleep(1)
+        assert best_latency(base, "/healthz", token, tries=1) > 1  # held by the export
+        deadline = time.monotonic() + 30
+        while best_latency(base, "/healthz", token, tries=1) > 1:  # 3 s per try
+            assert time.monotonic() < deadline, "the stalled export kept its thread"
 
 
 @pytest.fixture(scope="module")
