@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
 
-from cdrs.net import is_trusted_proxy, trusted_proxy_networks
+from cdrs.net import client_ip, is_trusted_proxy, trusted_proxy_networks
 
 log = logging.getLogger("cdrs.request")
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -40,6 +40,7 @@ class RequestLogMiddleware:
                 "status": response.status_code,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                 "token_prefix": request.META.get("cdr.token_prefix", ""),
+                "client_ip": client_ip(request),
             },
         )
         return response

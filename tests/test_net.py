@@ -6,6 +6,7 @@ import pytest
 from django.test import Client, RequestFactory, override_settings
 
 from cdrs.net import client_ip
+from tests.test_logging import log_output, request_lines  # noqa: F401 - log_output is a fixture
 
 PROXIES = ["10.0.0.5", "192.168.10.0/24"]
 
@@ -55,3 +56,17 @@ def test_a_malformed_trusted_proxy_list_is_refused():
 
     with override_settings(CDR_TRUSTED_PROXIES=["10.0.0.300"]), pytest.raises(ImproperlyConfigured):
         client_ip(RequestFactory().get("/", REMOTE_ADDR="10.0.0.5"))
+
+
+@pytest.mark.parametrize(
+    ("remote", "logged"), [("10.0.0.5", "198.51.100.1"), ("203.0.113.7", "203.0.113.7")]
+)
+def test_the_request_log_names_the_client_a_trusted_proxy_vouches_for(
+    log_output,  # noqa: F811
+    remote,
+    logged,
+):
+    with override_settings(CDR_TRUSTED_PROXIES=PROXIES):
+        Client().get("/healthz", REMOTE_ADDR=remote, HTTP_X_FORWARDED_FOR="198.51.100.1")
+    (line,) = request_lines(log_output())
+    assert line["client_ip"] == logged
