@@ -142,6 +142,9 @@ class ThreadWorker(gthread.ThreadWorker):
             )
             conn.send_timeout_set = True
         wrapped = self._deadline_socket(conn)
+        if wrapped is None and conn.parser is not None:
+            # gunicorn before 24 creates the parser in the main thread, before this runs.
+            wrapped = self._wrap_parser_socket(conn)
         if wrapped is not None:
             wrapped.start_request()
         elif conn.parser is None and not getattr(conn, "read_deadline_armed", False):
@@ -151,11 +154,7 @@ class ThreadWorker(gthread.ThreadWorker):
 
             def init_with_deadline() -> None:
                 original_init()
-                unreader = getattr(conn.parser, "unreader", None)
-                if unreader is not None and isinstance(
-                    getattr(unreader, "sock", None), socket.socket
-                ):
-                    unreader.sock = _ReadDeadlineSocket(unreader.sock)
+                self._wrap_parser_socket(conn)
 
             conn.init = init_with_deadline
         return super().handle(conn)
@@ -166,6 +165,14 @@ class ThreadWorker(gthread.ThreadWorker):
         except BlockingIOError as exc:  # SO_SNDTIMEO: the client stopped reading
             self.log.info("Dropped a client that read nothing for %s s: %s", SEND_TIMEOUT, exc)
             raise StopIteration("client stopped reading") from exc
+
+    @staticmethod
+    def _wrap_parser_socket(conn: Any) -> _ReadDeadlineSocket | None:
+        unreader = getattr(conn.parser, "unreader", None)
+        if unreader is None or not isinstance(getattr(unreader, "sock", None), socket.socket):
+            return None
+        unreader.sock = _ReadDeadlineSocket(unreader.sock)
+        return unreader.sock
 
     @staticmethod
     def _deadline_socket(conn: Any) -> _ReadDeadlineSocket | None:
