@@ -25,8 +25,9 @@ graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = 5
 # Request heads: the contract's 2,000-character filter, percent-encoded, can take 24,000
 # bytes (4-byte UTF-8 characters); gunicorn's request-line limit stops at 8,190 unless
-# lifted (0), so the worker caps the whole head instead (GUNICORN_MAX_REQUEST_HEAD_BYTES).
-limit_request_line = 0
+# lifted (0), so our worker caps the whole head instead (GUNICORN_MAX_REQUEST_HEAD_BYTES).
+# Any other worker class keeps gunicorn's largest finite limit.
+limit_request_line = 0 if worker_class == "cdrservice.gunicorn_worker.ThreadWorker" else 8190
 limit_request_field_size = 32768
 # Proxies: X-Forwarded-Proto (and the rest) count only from the addresses in
 # CDR_TRUSTED_PROXIES; none by default (gunicorn's own default trusts 127.0.0.1).
