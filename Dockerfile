@@ -40,7 +40,7 @@ ENV PROMETHEUS_MULTIPROC_DIR=/tmp/cdr-metrics
 USER cdr
 EXPOSE 8887
 # No curl in slim images: python's urllib. Host = first ALLOWED_HOSTS name (Django rejects
-# others) and X-Forwarded-Proto so that SECURE_SSL_REDIRECT does not redirect the probe.
+# others); /healthz is exempt from SECURE_SSL_REDIRECT, so the probe needs no proxy header.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request as u; h = os.environ.get('ALLOWED_HOSTS', '').split(',')[0].strip().lstrip('.').replace('*', '') or 'localhost'; u.urlopen(u.Request('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8887'), headers={'Host': h, 'X-Forwarded-Proto': 'https'}), timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request as u; h = os.environ.get('ALLOWED_HOSTS', '').split(',')[0].strip().lstrip('.').replace('*', '') or 'localhost'; u.urlopen(u.Request('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8887'), headers={'Host': h}), timeout=4)"]
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "cdrservice.wsgi"]

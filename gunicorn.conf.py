@@ -3,21 +3,35 @@
 import os
 
 bind = os.environ.get("BIND", f"0.0.0.0:{os.environ.get('PORT', '8887')}")
-# One sync worker per core by default: every request is a short database round trip.
-# Not gthread: when a gthread worker is recycled (max_requests) or stopped, connections it
-# has accepted but not yet read are reset (tests/test_ops.py sees it under load). A sync
-# worker is silent to the arbiter while it streams, so long exports report progress through
-# the post_fork hook below (tests/test_export_streaming.py).
+# Threads, so that slow clients (headers trickling in, an export nobody reads) each hold one
+# thread and not a whole worker: with 2 workers of 32 threads, 8 trickling clients and 4
+# stalled exports leave the service answering others in milliseconds (bench/README.md,
+# "Slow clients"). cdrservice.gunicorn_worker.ThreadWorker is gunicorn's gthread plus a
+# deadline for receiving each request, a cap on its head and JSON error bodies. gunicorn
+# 24+ lets a stopping (recycled) gthread worker finish the connections it has accepted;
+# 23 reset them, the reason this ran sync workers before (tests/test_ops.py checks it).
+# Each thread that has run a query keeps its own database connection (DB_CONN_MAX_AGE):
+# PostgreSQL needs max_connections above WEB_CONCURRENCY x GUNICORN_THREADS per app server.
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
-threads = int(os.environ.get("GUNICORN_THREADS", "1"))
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "cdrservice.gunicorn_worker.ThreadWorker")
+threads = int(os.environ.get("GUNICORN_THREADS", "32"))
 # Recycle workers now and then (bounded memory over months), not all at once.
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "20000"))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "2000"))
-# A worker silent this long is restarted; a streaming export beats while it makes progress.
+# A worker silent this long is restarted. A threaded worker's main loop reports on its own;
+# a sync worker streaming an export reports through the post_fork hook below.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = 5
+# Request heads: the contract's 2,000-character filter, percent-encoded, can take 24,000
+# bytes (4-byte UTF-8 characters); gunicorn's request-line limit stops at 8,190 unless
+# lifted (0), so our worker caps the whole head instead (GUNICORN_MAX_REQUEST_HEAD_BYTES).
+# Any other worker class keeps gunicorn's largest finite limit.
+limit_request_line = 0 if worker_class == "cdrservice.gunicorn_worker.ThreadWorker" else 8190
+limit_request_field_size = 32768
+# Proxies: X-Forwarded-Proto (and the rest) count only from the addresses in
+# CDR_TRUSTED_PROXIES; none by default (gunicorn's own default trusts 127.0.0.1).
+forwarded_allow_ips = os.environ.get("CDR_TRUSTED_PROXIES", "").replace(" ", "")
 # Our middleware logs one JSON line per request (with request id and token prefix), so
 # gunicorn's own access log stays off unless asked for; errors go to stderr.
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
@@ -26,6 +40,9 @@ access_log_format = (
     '"status":%(s)s,"bytes":%(B)s,"duration_ms":%(M)s}'
 )
 errorlog = "-"
+# No control socket (gunicorn 25+ opens one in $HOME by default): nothing here uses it, and
+# several instances on one host would contend for the same path.
+control_socket_disable = True
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
 
 

@@ -1,4 +1,5 @@
-"""Request id and one JSON access-log line per request (never the Authorization header)."""
+"""Request id and one JSON access-log line per request (never the Authorization header);
+X-Forwarded-Proto only from trusted proxies."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import uuid
 from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
+
+from cdrs.net import client_ip, is_trusted_proxy, trusted_proxy_networks
 
 log = logging.getLogger("cdrs.request")
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -37,6 +40,27 @@ class RequestLogMiddleware:
                 "status": response.status_code,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                 "token_prefix": request.META.get("cdr.token_prefix", ""),
+                "client_ip": client_ip(request),
             },
         )
         return response
+
+
+class TrustedProxyMiddleware:
+    """Drops X-Forwarded-Proto unless a trusted proxy sent it (cdrs.net, CDR_TRUSTED_PROXIES).
+
+    Django's SECURE_PROXY_SSL_HEADER trusts the header from anyone; a client that reaches
+    the service directly must not make a plain-HTTP request look like HTTPS (secure-cookie
+    and redirect decisions rest on it).
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        trusted_proxy_networks()  # a malformed CDR_TRUSTED_PROXIES stops the worker at start
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if "HTTP_X_FORWARDED_PROTO" in request.META and not is_trusted_proxy(
+            request.META.get("REMOTE_ADDR", "")
+        ):
+            del request.META["HTTP_X_FORWARDED_PROTO"]
+        return self.get_response(request)

@@ -33,6 +33,7 @@ from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
 
+from cdrs import net
 from cdrservice.env import parse_rate
 
 log = logging.getLogger("cdrs.throttling")
@@ -42,8 +43,9 @@ _last_store_error_logged = 0.0
 
 
 def client_ip(request: Any) -> str:
-    """The address failed logins and authentications are counted per (one place to change)."""
-    return request.META.get("REMOTE_ADDR") or "unknown"
+    """The address failed logins and authentications are counted per: the peer, or behind a
+    trusted proxy the client it names (``cdrs.net.client_ip``)."""
+    return net.client_ip(request) or "unknown"
 
 
 def _store_unavailable(exc: Exception) -> None:

@@ -51,6 +51,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "cdrs.middleware.TrustedProxyMiddleware",  # before anything reads the scheme
     "cdrs.middleware.RequestLogMiddleware",
     "cdrs.metrics.MetricsMiddleware",  # metrics; not loaded when CDR_METRICS=false
     "django.middleware.security.SecurityMiddleware",
@@ -151,7 +152,13 @@ CDR_WEBHOOK_MAX_BODY_BYTES = env_int("CDR_WEBHOOK_MAX_BODY_BYTES", 1024 * 1024)
 
 # --- Security (manage.py check --deploy is clean when DEBUG is off) ---
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Proxies whose X-Forwarded-Proto / X-Forwarded-For count (IPs or CIDR networks; cdrs/net.py).
+# None by default: the service then believes only the connection itself. gunicorn.conf.py
+# gives gunicorn the same list (forwarded_allow_ips).
+CDR_TRUSTED_PROXIES = env_list("CDR_TRUSTED_PROXIES")
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if CDR_TRUSTED_PROXIES else None
+# Health probes come from the orchestrator over plain HTTP, never through the proxy.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True

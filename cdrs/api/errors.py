@@ -19,30 +19,15 @@ from django.core.exceptions import (
     TooManyFieldsSent,
 )
 from django.db import DatabaseError, InterfaceError, OperationalError
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, UnreadablePostError
 from redis.exceptions import RedisError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
 from cdrs import timeouts
+from cdrs.error_codes import error_code
 
 log = logging.getLogger("cdrs.api")
-
-_CODES = {
-    400: "VALIDATE_FAILED",
-    401: "UNAUTHORIZED",
-    403: "FORBIDDEN",
-    404: "NOT_FOUND",
-    405: "METHOD_NOT_ALLOWED",
-    406: "NOT_ACCEPTABLE",
-    413: "PAYLOAD_TOO_LARGE",
-    415: "UNSUPPORTED_MEDIA_TYPE",
-    429: "THROTTLED",
-    503: "SERVICE_UNAVAILABLE",
-}
-# Every code an error body can carry (the OpenAPI enum is this tuple): the ones above, plus
-# UNKNOWN for any other 5xx (see error_body).
-ERROR_CODES = (*dict.fromkeys(_CODES.values()), "UNKNOWN")
 
 
 class ValidateFailed(exceptions.APIException):
@@ -63,7 +48,7 @@ class PayloadTooLarge(exceptions.APIException):
 
 
 def error_body(status_code: int, message: str, detail: Any = None) -> dict[str, Any]:
-    code = _CODES.get(status_code, "UNKNOWN" if status_code >= 500 else "VALIDATE_FAILED")
+    code = error_code(status_code)
     return {"errors": [{"code": code, "message": message, "detail": detail or {}}]}
 
 
@@ -92,6 +77,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
 
+    if isinstance(exc, UnreadablePostError):
+        # The body stopped arriving: too slow (the server's read deadline) or cut off.
+        if isinstance(exc.__cause__, TimeoutError):
+            return Response(error_body(408, "request body not received in time"), status=408)
+        return Response(error_body(400, "request body could not be read"), status=400)
     if isinstance(exc, ValidateFailed):
         body = error_body(400, exc.message, exc.extra)
         return Response(body, status=400)

@@ -12,7 +12,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
-from cdrs.api.errors import ERROR_CODES
+from cdrs.error_codes import ERROR_CODES
 from cdrs.fields import CDR_FIELDS, COST_DECIMAL_PLACES, COST_MAX_DIGITS, CdrField, Kind
 from cdrs.ids import encode_id
 

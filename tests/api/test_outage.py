@@ -63,7 +63,11 @@ def test_a_worker_whose_connection_was_killed_reconnects_without_an_error(
 ):
     """The server ending idle connections (restart, pg_terminate_backend, an idle timeout)
     costs no client a 503: the next request notices the closed socket and reconnects."""
-    env = production_env(tmp_path, DATABASE_URL=empty_postgresql, LOG_LEVEL="WARNING")
+    # One thread: every request on the same persistent connection, so that the test can
+    # tell a reuse from a reconnect (each thread of a threaded worker has its own).
+    env = production_env(
+        tmp_path, DATABASE_URL=empty_postgresql, LOG_LEVEL="WARNING", GUNICORN_THREADS="1"
+    )
     assert manage("migrate", "--no-input", "-v", "0", env=env).returncode == 0
     seeded = manage("seed_demo", "--rows", "20", env=env)
     assert seeded.returncode == 0, seeded.stderr

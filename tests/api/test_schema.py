@@ -16,7 +16,8 @@ from django.conf import settings
 from jsonschema import FormatChecker
 from openapi_schema_validator import OAS30Validator
 
-from cdrs.api.errors import _CODES, ERROR_CODES
+from cdrs.error_codes import ERROR_CODE_BY_STATUS as _CODES
+from cdrs.error_codes import ERROR_CODES
 from cdrs.generator import demo_cdrs
 from cdrs.query.options import TOP_DEFAULT, TOP_MAX
 from tests.factories import cdr_payload, create_cdrs

@@ -1,0 +1,201 @@
+"""gunicorn's gthread worker with bounds on slow clients and contract-shaped protocol errors.
+
+gunicorn.conf.py runs this class by default. Threads keep the service answering while some
+clients are slow (trickling headers, not reading an export): each holds one thread, not a
+whole worker. What stock gthread lacks, added here:
+
+- A deadline for receiving a request: from its first byte, the request line, headers and
+  body must arrive within ``GUNICORN_REQUEST_READ_TIMEOUT`` seconds (gunicorn only bounds
+  the wait for the first byte and idle keep-alive connections). A head that misses it is
+  answered 408 and closed; a body that misses it fails its read (the API answers 408).
+- A bound on a client that stops reading the response (an export nobody reads): a write
+  that makes no progress for ``GUNICORN_SEND_TIMEOUT`` seconds drops the connection, which
+  ends the export and its database transaction instead of holding them for good.
+- A byte cap on the request head (request line plus headers, ``GUNICORN_MAX_REQUEST_HEAD_BYTES``):
+  gunicorn.conf.py lifts gunicorn's own request-line limit (8,190 bytes at most, too small
+  for the contract's 2,000-character filter once percent-encoded), so this is the limit.
+- gunicorn's own error responses (malformed request, head too large, timeout) carry the
+  API's JSON error body instead of an HTML page.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+from typing import Any
+
+import orjson
+from gunicorn.http.errors import LimitRequestHeaders
+from gunicorn.workers import gthread
+
+from cdrs.error_codes import error_code
+
+REQUEST_READ_TIMEOUT = float(os.environ.get("GUNICORN_REQUEST_READ_TIMEOUT") or 30)
+MAX_REQUEST_HEAD_BYTES = int(os.environ.get("GUNICORN_MAX_REQUEST_HEAD_BYTES") or 65536)
+SEND_TIMEOUT = int(os.environ.get("GUNICORN_SEND_TIMEOUT") or 60)
+_END_OF_HEAD = b"\r\n\r\n"
+
+
+class RequestHeadTimeout(Exception):
+    """The request line and headers did not arrive within the read deadline."""
+
+
+class RequestBodyTimeout(TimeoutError):
+    """The body did not arrive within the read deadline (an OSError: the app's read fails)."""
+
+
+class _ReadDeadlineSocket:
+    """The connection's socket as gunicorn's request parser reads it.
+
+    Every ``recv`` waits at most until the current request's deadline, which starts with the
+    first ``recv`` of each request (``start_request`` re-arms it); bytes before the end of
+    the head are counted against the head cap. Everything else goes to the real socket.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.start_request()
+
+    def start_request(self) -> None:
+        self.deadline: float | None = None
+        self.head_bytes = 0
+        self.in_head = True
+        self._tail = b""  # the last bytes seen, to find an end of head split across reads
+
+    def recv(self, size: int) -> bytes:
+        now = time.monotonic()
+        if self.deadline is None:
+            self.deadline = now + REQUEST_READ_TIMEOUT
+        remaining = self.deadline - now
+        if remaining <= 0:
+            self._expired()
+        previous = self._sock.gettimeout()
+        # gunicorn may bound a read itself (draining an unread body): keep the shorter.
+        self._sock.settimeout(remaining if previous is None else min(previous, remaining))
+        try:
+            data = self._sock.recv(size)
+        except TimeoutError:
+            if time.monotonic() >= self.deadline:
+                self._expired()
+            raise
+        finally:
+            self._sock.settimeout(previous)
+        if self.in_head and data:
+            seen = self._tail + data
+            end = seen.find(_END_OF_HEAD)
+            if end >= 0:
+                self.in_head = False
+                self.head_bytes += end + len(_END_OF_HEAD) - len(self._tail)
+            else:
+                self.head_bytes += len(data)
+                self._tail = seen[-3:]
+            if self.head_bytes > MAX_REQUEST_HEAD_BYTES:
+                raise LimitRequestHeaders(
+                    f"request line and headers exceed {MAX_REQUEST_HEAD_BYTES} bytes"
+                )
+        return data
+
+    def _expired(self) -> None:
+        if self.in_head:
+            raise RequestHeadTimeout(f"request not received within {REQUEST_READ_TIMEOUT:g} s")
+        raise RequestBodyTimeout(f"request body not received within {REQUEST_READ_TIMEOUT:g} s")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _CapturedError:
+    """Stands in for the client socket while gunicorn writes its HTML error page."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def gettimeout(self) -> float | None:
+        return None
+
+    def setblocking(self, flag: bool) -> None:
+        return None
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+
+class ThreadWorker(gthread.ThreadWorker):
+    def handle(self, conn: Any) -> Any:
+        if SEND_TIMEOUT > 0 and not getattr(conn, "send_timeout_set", False):
+            # Kernel-level, so it holds while the socket is in blocking mode: a send() with no
+            # room in the buffers for this long fails with EAGAIN.
+            conn.sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", SEND_TIMEOUT, 0)
+            )
+            conn.send_timeout_set = True
+        wrapped = self._deadline_socket(conn)
+        if wrapped is None and conn.parser is not None:
+            # gunicorn before 24 creates the parser in the main thread, before this runs.
+            wrapped = self._wrap_parser_socket(conn)
+        if wrapped is not None:
+            wrapped.start_request()
+        elif conn.parser is None and not getattr(conn, "read_deadline_armed", False):
+            # The parser is created in the thread (TConn.init); wrap its socket as it appears.
+            conn.read_deadline_armed = True
+            original_init = conn.init
+
+            def init_with_deadline() -> None:
+                original_init()
+                self._wrap_parser_socket(conn)
+
+            conn.init = init_with_deadline
+        return super().handle(conn)
+
+    def handle_request(self, req: Any, conn: Any) -> Any:
+        try:
+            return super().handle_request(req, conn)
+        except BlockingIOError as exc:  # SO_SNDTIMEO: the client stopped reading
+            self.log.info("Dropped a client that read nothing for %s s: %s", SEND_TIMEOUT, exc)
+            raise StopIteration("client stopped reading") from exc
+
+    @staticmethod
+    def _wrap_parser_socket(conn: Any) -> _ReadDeadlineSocket | None:
+        unreader = getattr(conn.parser, "unreader", None)
+        if unreader is None or not isinstance(getattr(unreader, "sock", None), socket.socket):
+            return None
+        unreader.sock = _ReadDeadlineSocket(unreader.sock)
+        return unreader.sock
+
+    @staticmethod
+    def _deadline_socket(conn: Any) -> _ReadDeadlineSocket | None:
+        unreader = getattr(conn.parser, "unreader", None)
+        sock = getattr(unreader, "sock", None)
+        return sock if isinstance(sock, _ReadDeadlineSocket) else None
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        if isinstance(exc, RequestHeadTimeout):
+            self.log.warning("Request head timeout from ip=%s: %s", (addr or ("",))[0], exc)
+            self._write_json_error(client, 408, "Request Timeout", str(exc))
+            return
+        captured = _CapturedError()
+        super().handle_error(req, captured, addr, exc)
+        status_line = captured.data.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = status_line.split(" ", 2)
+        try:
+            status = int(parts[1])
+        except (IndexError, ValueError):
+            status = 500
+        reason = parts[2] if len(parts) > 2 else "Error"
+        message = str(exc)[:200] if status < 500 else "internal error"
+        self._write_json_error(client, status, reason, message or reason)
+
+    def _write_json_error(self, client: Any, status: int, reason: str, message: str) -> None:
+        code = error_code(status)
+        body = orjson.dumps({"errors": [{"code": code, "message": message, "detail": {}}]})
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        try:
+            client.settimeout(1.0)  # a client that does not read does not keep this thread
+            client.sendall(head.encode("latin-1") + body)
+        except OSError:
+            self.log.debug("Failed to send error message.")
