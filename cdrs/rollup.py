@@ -37,7 +37,7 @@ def _dims_key_sql() -> str:
     return f"md5({' || '.join(parts)})::uuid"
 
 
-def _accumulate(rows: Iterable[dict[str, Any]]) -> dict[tuple[Any, ...], list[int]]:
+def accumulate(rows: Iterable[dict[str, Any]]) -> dict[tuple[Any, ...], list[int]]:
     groups: dict[tuple[Any, ...], list[int]] = {}
     for row in rows:
         hour = int(row["started_at"].timestamp()) // 3600
@@ -173,7 +173,7 @@ def add_inserted(rows: Sequence[dict[str, Any]]) -> None:
     if connection.vendor == "postgresql":
         _add_inserted_sql([row["id"] for row in rows], slot)
         return
-    groups = _accumulate(rows)
+    groups = accumulate(rows)
     _upsert(groups, slot)
     _upsert_totals(_totals(groups), slot)
 
@@ -209,7 +209,7 @@ def _totals_from_stats(cur: Any) -> None:
 
 
 def _rebuild_in_python(conn: Any) -> None:
-    """SQLite (no md5, no exact decimal sum): stream the CDRs through ``_accumulate``."""
+    """SQLite (no md5, no exact decimal sum): stream the CDRs through ``accumulate``."""
     from django.utils.dateparse import parse_datetime
 
     from cdrs.models import Cdr
@@ -228,7 +228,7 @@ def _rebuild_in_python(conn: Any) -> None:
                         row[ts] = _aware(parse_datetime(row[ts]))
                 row["cost"] = cost_field.to_python(row["cost"])
                 rows.append(row)
-            for key, acc in _accumulate(rows).items():
+            for key, acc in accumulate(rows).items():
                 total = groups.setdefault(key, [0, 0, 0, 0, 0, 0])
                 for i, value in enumerate(acc):
                     total[i] += value

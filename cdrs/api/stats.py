@@ -18,7 +18,13 @@ from rest_framework.views import APIView
 
 from cdrs.api.errors import ValidateFailed
 from cdrs.api.permissions import token_of
-from cdrs.api.serializers import ErrorResponseSerializer
+from cdrs.api.schema import (
+    COMMON_ERRORS,
+    FILTER_PARAMETER,
+    PLAIN_FILTER_DOCS,
+    SEARCH_PARAMETER,
+    error_response,
+)
 from cdrs.export import csv_escape
 from cdrs.fields import DIRECTIONS, END_REASONS
 from cdrs.query.options import OptionError, parse_list_options
@@ -88,41 +94,61 @@ class StatsResponseSerializer(serializers.Serializer):
 
 
 _PLAIN_TYPES: dict[str, Any] = {
-    "started_after": (OpenApiTypes.DATETIME, "started_at ≥ (RFC 3339)"),
-    "started_before": (OpenApiTypes.DATETIME, "started_at < (RFC 3339)"),
-    "min_duration": (int, "duration ≥"),
-    "max_duration": (int, "duration ≤"),
-    "answered": (OpenApiTypes.BOOL, "answered (true/false)"),
+    "started_after": OpenApiTypes.DATETIME,
+    "started_before": OpenApiTypes.DATETIME,
+    "min_duration": int,
+    "max_duration": int,
+    "answered": OpenApiTypes.BOOL,
 }
+_STATS_200 = (
+    "JSON (`format=json`, the default), or CSV (`format=csv`): a header of the group_by "
+    "dimensions and measure names, then one row per item, without the total."
+)
 _PARAMETERS = [
     OpenApiParameter(
         "group_by",
-        str,
+        {"type": "string", "default": "day"},
         description="One or two comma-separated dimensions (at most one time dimension): "
         f"{', '.join(TIME_DIMENSIONS)} (time buckets on started_at), "
         f"{', '.join(VALUE_DIMENSIONS)} (billing scope). Default `day`.",
     ),
-    OpenApiParameter("tz", str, description="IANA time zone of the time buckets (default UTC)."),
-    OpenApiParameter("format", str, enum=["json", "csv"], description="Default json."),
-    OpenApiParameter("filter", str, description="The list's filter expression."),
-    OpenApiParameter("search", str, description="The list's free-text search."),
+    OpenApiParameter(
+        "tz",
+        {"type": "string", "default": "UTC"},
+        description="IANA time zone of the time buckets, such as `Europe/Berlin` (default UTC).",
+    ),
+    OpenApiParameter(
+        "format",
+        {"type": "string", "enum": ["json", "csv"], "default": "json"},
+        description="`json` (default) or `csv` (one row per item, no total).",
+    ),
+    FILTER_PARAMETER,
+    SEARCH_PARAMETER,
     *[
         OpenApiParameter(
             name,
-            _PLAIN_TYPES.get(name, (str, ""))[0],
-            description=_PLAIN_TYPES.get(name, (str, f"{name} equals"))[1] or f"{name} equals",
+            _PLAIN_TYPES.get(name, str),
+            description=PLAIN_FILTER_DOCS[name],
             enum={"direction": list(DIRECTIONS), "end_reason": list(END_REASONS)}.get(name),
         )
         for name in PLAIN_FILTER_NAMES
     ],
 ]
-_ERROR = OpenApiResponse(ErrorResponseSerializer, description="Contract error body")
 
 
 # --- the view ----------------------------------------------------------------------------
 
 
-def _csv(result: StatsResult, *, billing: bool) -> HttpResponse:
+def stats_body(result: StatsResult) -> dict[str, Any]:
+    return {
+        "group_by": list(result.group_by),
+        "tz": result.tz_name,
+        "items": result.items,
+        "total": result.total,
+    }
+
+
+def stats_csv(result: StatsResult, *, billing: bool) -> str:
     columns = [*result.group_by, "calls", "answered", "asr", "total_duration", "acd", "avg_pdd"]
     if billing:
         columns.append("cost")
@@ -137,9 +163,7 @@ def _csv(result: StatsResult, *, billing: bool) -> HttpResponse:
                 for c in columns
             ]
         )
-    response = HttpResponse(buffer.getvalue(), content_type="text/csv")
-    response["Content-Disposition"] = 'attachment; filename="cdr-stats.csv"'
-    return response
+    return buffer.getvalue()
 
 
 class CdrStatsView(APIView):
@@ -149,13 +173,24 @@ class CdrStatsView(APIView):
 
     @extend_schema(
         summary="Call statistics: calls, ASR, ACD, PDD and cost per time bucket or dimension",
+        description="Aggregates of the CDRs the token may see, grouped by one or two "
+        "dimensions (`group_by`): number of calls, answered calls, ASR (answered / calls), "
+        "total duration, ACD (duration / answered), mean post-dial delay, and the exact sum "
+        "of cost for tokens with the billing scope. Time buckets (hour, day, week, month in "
+        "`tz`) cover the whole window, empty ones included; other groups come most calls "
+        "first. Takes the list's filters, `filter` and `search`; `top`, `skip`, `orderby`, "
+        "`count` and `cursor` are refused (400). Scope: read; `group_by=billed_account` "
+        "needs the billing scope too (403).",
         parameters=_PARAMETERS,
         responses={
-            (200, "application/json"): StatsResponseSerializer,
-            (200, "text/csv"): OpenApiTypes.STR,
-            400: _ERROR,
-            401: _ERROR,
-            403: _ERROR,
+            (200, "application/json"): OpenApiResponse(StatsResponseSerializer, _STATS_200),
+            (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, _STATS_200),
+            **COMMON_ERRORS,
+            403: error_response(
+                "FORBIDDEN",
+                "the token lacks the read scope, or `group_by=billed_account` lacks the "
+                "billing scope.",
+            ),
         },
     )
     def get(self, request: Request) -> Any:
@@ -171,12 +206,7 @@ class CdrStatsView(APIView):
         except OptionError as exc:
             raise ValidateFailed(str(exc), {"option": exc.option}) from exc
         if stats_options.csv:
-            return _csv(result, billing=billing)
-        return Response(
-            {
-                "group_by": list(result.group_by),
-                "tz": result.tz_name,
-                "items": result.items,
-                "total": result.total,
-            }
-        )
+            response = HttpResponse(stats_csv(result, billing=billing), content_type="text/csv")
+            response["Content-Disposition"] = 'attachment; filename="cdr-stats.csv"'
+            return response
+        return Response(stats_body(result))

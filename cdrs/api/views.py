@@ -20,14 +20,21 @@ from cdrs import selectors, services
 from cdrs.api import serializers as s
 from cdrs.api.errors import ValidateFailed
 from cdrs.api.permissions import token_of
-from cdrs.api.schema import CDR_OR_BATCH, CdrSchema
+from cdrs.api.schema import (
+    CDR_OR_BATCH,
+    COMMON_ERRORS,
+    FILTER_PARAMETER,
+    PAYLOAD_TOO_LARGE,
+    SEARCH_PARAMETER,
+    UNSUPPORTED_MEDIA_TYPE,
+    CdrSchema,
+    error_response,
+)
 from cdrs.export import StartedStream, csv_lines, ndjson_lines
 from cdrs.fields import visible_field_names
 from cdrs.ids import InvalidId, decode_id_or_decimal, encode_id
 from cdrs.models import Cdr
-from cdrs.query.filter import MAX_FILTER_LENGTH
 from cdrs.query.options import (
-    SEARCH_MAX,
     TOP_DEFAULT,
     TOP_MAX,
     OptionError,
@@ -39,27 +46,7 @@ from cdrs.validation import CdrInvalid, validate_cdr
 MAX_BATCH = s.MAX_BATCH
 
 
-def _error(code: str, when: str) -> OpenApiResponse:
-    return OpenApiResponse(s.ErrorResponseSerializer, description=f"`{code}`: {when}")
-
-
-# Errors every operation can answer; each operation adds the ones it can cause itself.
-_ERRORS = {
-    400: _error("VALIDATE_FAILED", "an option or the body is invalid; the message names it."),
-    401: _error(
-        "UNAUTHORIZED",
-        "missing, malformed, unknown, revoked or expired token (`WWW-Authenticate: Bearer`).",
-    ),
-    403: _error("FORBIDDEN", "the token lacks the scope this operation needs."),
-    429: _error("THROTTLED", "too many requests; retry after `Retry-After` seconds."),
-    503: _error(
-        "SERVICE_UNAVAILABLE",
-        "the database is unreachable or too slow right now; retry after `Retry-After` seconds.",
-    ),
-}
-_NOT_FOUND = _error("NOT_FOUND", "no CDR with this id, or one outside the token's domains.")
-_TOO_LARGE = _error("PAYLOAD_TOO_LARGE", "the body is larger than `CDR_MAX_BODY_BYTES`.")
-_UNSUPPORTED = _error("UNSUPPORTED_MEDIA_TYPE", "the body is not `application/json`.")
+_NOT_FOUND = error_response("NOT_FOUND", "no CDR with this id, or one outside the token's domains.")
 _QUERY_DOC = [
     OpenApiParameter(
         "top",
@@ -78,22 +65,8 @@ _QUERY_DOC = [
         description="`field [asc|desc], ...` over started_at, ended_at, answered_at, duration, "
         "caller, callee, status_code, id; ties broken by id. Default `started_at desc`.",
     ),
-    OpenApiParameter(
-        "filter",
-        {"type": "string", "maxLength": MAX_FILTER_LENGTH},
-        description="OData-style expression: `eq ne gt ge lt le`, `and or not`, parentheses, "
-        "`contains(f,'x')`, `startswith(f,'x')`, `endswith(f,'x')` (case-sensitive), "
-        "literals `'text'` ('' escapes a quote), integers, decimals, `null`, timestamps as "
-        "quoted RFC 3339. Example: `caller eq '101' and started_at gt '2022-01-01T00:00:00Z'`."
-        f" At most {MAX_FILTER_LENGTH} characters; cost and billed_account need the billing "
-        "scope.",
-    ),
-    OpenApiParameter(
-        "search",
-        {"type": "string", "maxLength": SEARCH_MAX},
-        description="Case-insensitive substring over caller, "
-        "callee, display names, destination, did_cid, outbound_caller_id, call_id.",
-    ),
+    FILTER_PARAMETER,
+    SEARCH_PARAMETER,
     OpenApiParameter(
         "count",
         {"type": "boolean", "default": True},
@@ -143,7 +116,7 @@ class CdrViewSet(viewsets.ViewSet):
         "every field but cost and billed_account. Scope: read. A token limited to domains "
         "sees only CDRs whose caller_domain or callee_domain is one of them.",
         parameters=_QUERY_DOC,
-        responses={200: s.CdrListResponseSerializer, **_ERRORS},
+        responses={200: s.CdrListResponseSerializer, **COMMON_ERRORS},
     )
     def list(self, request: Request) -> Response:
         page = selectors.cdr_list(token_of(request), _options(request))
@@ -161,7 +134,7 @@ class CdrViewSet(viewsets.ViewSet):
         "tokens with the billing scope. Scope: read. An unknown or malformed id, or a CDR "
         "outside the token's domains, is a 404.",
         parameters=[_ID_PARAM],
-        responses={200: s.CdrDetailResponseSerializer, 404: _NOT_FOUND, **_ERRORS},
+        responses={200: s.CdrDetailResponseSerializer, 404: _NOT_FOUND, **COMMON_ERRORS},
     )
     def retrieve(self, request: Request, pk: str) -> Response:
         try:
@@ -183,9 +156,9 @@ class CdrViewSet(viewsets.ViewSet):
         request=CDR_OR_BATCH,
         responses={
             201: s.IngestResponseSerializer,
-            **_ERRORS,
-            413: _TOO_LARGE,
-            415: _UNSUPPORTED,
+            **COMMON_ERRORS,
+            413: PAYLOAD_TOO_LARGE,
+            415: UNSUPPORTED_MEDIA_TYPE,
         },
     )
     def create(self, request: Request) -> Response:
@@ -266,7 +239,7 @@ class CdrViewSet(viewsets.ViewSet):
             (200, "text/csv"): OpenApiResponse(
                 OpenApiTypes.STR, description="A header line, then one CDR a row (`format=csv`)."
             ),
-            **_ERRORS,
+            **COMMON_ERRORS,
         },
     )
     @action(detail=False, methods=["get"], url_path="export")

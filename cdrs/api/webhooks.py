@@ -27,7 +27,8 @@ from cdrs import webhooks
 from cdrs.api.errors import PayloadTooLarge, ValidateFailed
 from cdrs.api.parsers import RawBodyParser
 from cdrs.api.permissions import HasScope, token_of
-from cdrs.api.serializers import ErrorItemSerializer, ErrorResponseSerializer
+from cdrs.api.schema import COMMON_ERRORS, error_response
+from cdrs.api.serializers import ErrorItemSerializer
 from cdrs.auth import BasicTokenAuthentication, BearerTokenAuthentication
 from cdrs.ids import encode_id
 from cdrs.services import OutsideTokenDomains
@@ -100,16 +101,28 @@ class PortsipWebhookView(APIView):
         "Auth: Bearer token, or HTTP Basic with the token as the password.",
         request={"application/json": OpenApiTypes.OBJECT},
         responses={
-            200: PortsipWebhookResponseSerializer,
-            **{
-                code: OpenApiResponse(ErrorResponseSerializer, description=name)
-                for code, name in (
-                    (400, "VALIDATE_FAILED (not JSON)"),
-                    (401, "UNAUTHORIZED"),
-                    (403, "FORBIDDEN"),
-                    (413, "PAYLOAD_TOO_LARGE"),
-                )
-            },
+            200: OpenApiResponse(
+                PortsipWebhookResponseSerializer,
+                description="Delivered: the event was stored, was a duplicate, carries no CDR "
+                "(`ignored`), or was kept in the dead-letter table (`dead_letter`, `errors`).",
+            ),
+            **COMMON_ERRORS,
+            400: error_response(
+                "VALIDATE_FAILED", "the body is empty, not UTF-8 or not JSON at all."
+            ),
+            401: error_response(
+                "UNAUTHORIZED",
+                "missing, malformed, unknown, revoked or expired token "
+                "(`WWW-Authenticate: Bearer`, `Basic`).",
+            ),
+            403: error_response(
+                "FORBIDDEN",
+                "the token lacks the write scope, or the CDR's caller_domain and "
+                "callee_domain are outside a domain-limited token's domains.",
+            ),
+            413: error_response(
+                "PAYLOAD_TOO_LARGE", "the body is larger than `CDR_WEBHOOK_MAX_BODY_BYTES`."
+            ),
         },
     )
     def post(self, request: Request) -> Response:

@@ -249,3 +249,39 @@ def test_ingest_documents_a_single_cdr_and_a_batch(openapi):
         "CdrInputRequest",
         "IngestBatchRequest",
     ]
+
+
+def test_stats_examples_are_the_answer_over_the_demo_data(openapi, api_client):
+    """The documented statistics are what the service answers once the demo data is loaded."""
+    create_cdrs(*demo_cdrs())
+    client = api_client(scopes=("read", "billing"))
+    content = openapi["paths"]["/api/cdrs/stats"]["get"]["responses"]["200"]["content"]
+    example = content["application/json"]["examples"]["demo"]["value"]
+    data = _conforms(
+        openapi, client.get("/api/cdrs/stats?group_by=direction"), "/api/cdrs/stats", "get"
+    )
+    assert data == example
+    assert data["total"]["calls"] == len(list(demo_cdrs()))
+    as_csv = client.get("/api/cdrs/stats?group_by=direction&format=csv")
+    assert as_csv["Content-Type"] == "text/csv"
+    assert as_csv.content.decode() == content["text/csv"]["examples"]["demo"]["value"]
+
+
+def test_portsip_webhook_example_event_stores_the_documented_cdr(openapi, api_client):
+    webhook = openapi["paths"]["/api/webhooks/portsip"]["post"]
+    event = webhook["requestBody"]["content"]["application/json"]["examples"]["call_cdr"]
+    examples = webhook["responses"]["200"]["content"]["application/json"]["examples"]
+    response = api_client(scopes=("write",)).post(
+        "/api/webhooks/portsip", orjson.dumps(event["value"]), content_type="application/json"
+    )
+    assert (
+        _conforms(openapi, response, "/api/webhooks/portsip", "post")
+        == (examples["stored"]["value"])
+    )
+    newest = list(demo_cdrs())[-1]
+    stored = orjson.loads(api_client().get(f"/api/cdrs/{newest['id']}").content)["items"][0]
+    for field in ("started_at", "answered_at", "caller", "callee", "direction", "end_reason"):
+        assert stored[field] == newest[field], field
+    schema = _schema_of(openapi, "/api/webhooks/portsip", "post", 200, "application/json")
+    for example in examples.values():
+        _check(openapi, schema, example["value"])

@@ -94,6 +94,8 @@ def test_every_operation_conforms_to_the_schema(wsgi_app, stored_ids, scope):
         "POST /api/cdrs",
         "GET /api/cdrs/{id}",
         "GET /api/cdrs/export",
+        "GET /api/cdrs/stats",
+        "POST /api/webhooks/portsip",
     }
     for operation in operations:
         for mode in EXAMPLES:
