@@ -23,7 +23,7 @@ from rest_framework.request import Request
 
 from cdrs.models import ApiToken
 from cdrs.throttling import AuthFailureThrottle
-from cdrs.tokens import split_token, token_digest, token_is_live
+from cdrs.tokens import previous_token_digests, split_token, token_digest, token_is_live
 
 # Per-process cache: digest -> (token, cached_at). Saves one query per request on the hot
 # path; bounded by CDR_TOKEN_CACHE_SECONDS, after which a revoked token, or one whose user
@@ -49,8 +49,14 @@ def _lookup(plain: str) -> ApiToken | None:
         if hit is not None and time.monotonic() - hit[1] < ttl:
             return hit[0]
     token = ApiToken.objects.select_related("user").filter(prefix=prefix).first()
-    if token is None or not hmac.compare_digest(token.digest, digest):
+    if token is None:
         return None
+    if not hmac.compare_digest(token.digest, digest):
+        if not any(hmac.compare_digest(token.digest, d) for d in previous_token_digests(plain)):
+            return None
+        # Stored under a pepper being rotated out: move it to the current one, once.
+        ApiToken.objects.filter(pk=token.pk, digest=token.digest).update(digest=digest)
+        token.digest = digest
     if ttl > 0:
         with _cache_lock:
             if len(_cache) >= _CACHE_MAX:

@@ -22,10 +22,22 @@ PREFIX_LENGTH = 10
 SCOPES = ("read", "billing", "write")
 
 
+def _digest(key: str, plain: str) -> str:
+    return hmac.new(key.encode(), plain.encode(), hashlib.sha256).hexdigest()
+
+
 def token_digest(plain: str) -> str:
     """HMAC-SHA256 of a plain token keyed with the server pepper (hex)."""
-    key = (settings.CDR_TOKEN_PEPPER or settings.SECRET_KEY).encode()
-    return hmac.new(key, plain.encode(), hashlib.sha256).hexdigest()
+    return _digest(settings.CDR_TOKEN_PEPPER or settings.SECRET_KEY, plain)
+
+
+def previous_token_digests(plain: str) -> list[str]:
+    """The token's digests under the peppers being rotated out (CDR_TOKEN_PEPPER_PREVIOUS).
+
+    A token stored under one of them is still accepted, and re-hashed with the current
+    pepper on that use (``cdrs.auth``): rotating the pepper does not log every client out.
+    """
+    return [_digest(key, plain) for key in settings.CDR_TOKEN_PEPPER_PREVIOUS if key]
 
 
 def split_token(plain: str) -> str | None:

@@ -30,6 +30,9 @@ if not SECRET_KEY and DEBUG:
 # Key for the token hashes; separate from SECRET_KEY so rotating one does not rotate both.
 # Empty means SECRET_KEY (cdrs.tokens reads it then, so an empty SECRET_KEY is refused).
 CDR_TOKEN_PEPPER = env_str("CDR_TOKEN_PEPPER")
+# Peppers being rotated out (comma-separated): tokens hashed with them still work and are
+# re-hashed with CDR_TOKEN_PEPPER on their next use (README "Rotating the token pepper").
+CDR_TOKEN_PEPPER_PREVIOUS = env_list("CDR_TOKEN_PEPPER_PREVIOUS")
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")

@@ -155,3 +155,22 @@ def test_a_deactivated_user_is_locked_out_once_the_token_cache_expires(
     # ...and once it has passed the user is out, like a revoked token.
     _assert_401(client.get("/api/cdrs?count=false"))
     clear_token_cache()
+
+
+def test_rotating_the_pepper_keeps_tokens_working_and_rehashes_them_on_use(api_client):
+    used = api_client(scopes=("read",))
+    idle = api_client(scopes=("read",))
+    old_digest = ApiToken.objects.get(pk=used.token.pk).digest
+    # A new pepper alone invalidates every token...
+    with override_settings(CDR_TOKEN_PEPPER="new-pepper", CDR_TOKEN_PEPPER_PREVIOUS=[]):
+        _assert_401(used.get("/api/cdrs"))
+    # ...the old one listed as previous keeps them working, and a used token moves over.
+    with override_settings(
+        CDR_TOKEN_PEPPER="new-pepper", CDR_TOKEN_PEPPER_PREVIOUS=["tests-only-pepper"]
+    ):
+        assert used.get("/api/cdrs").status_code == 200
+    assert ApiToken.objects.get(pk=used.token.pk).digest != old_digest
+    with override_settings(CDR_TOKEN_PEPPER="new-pepper", CDR_TOKEN_PEPPER_PREVIOUS=[]):
+        assert used.get("/api/cdrs").status_code == 200
+        # A token not used during the rotation window stops with the old pepper's removal.
+        _assert_401(idle.get("/api/cdrs"))
