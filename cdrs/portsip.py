@@ -2,7 +2,7 @@
 
 PortSIP posts one JSON object per event to a tenant's "CDR Events" URL. Only ``call_cdr``
 carries a completed call; the other types are acknowledged and ignored. The reference for
-every key and value below is ``../shared/portsip-push-cdr.md`` (§4, §7); where PortSIP's
+every key and value below is ``docs/portsip-push-cdr.md`` (§4, §7); where PortSIP's
 documents disagree, every documented variant is accepted:
 
 - ids (``cdr_id``) and Unix-second timestamps as decimal strings or JSON numbers; ``"0"``

@@ -1,7 +1,7 @@
 """POST /api/webhooks/portsip: PortSIP's "Push CDR" events (thin: cdrs.webhooks does the work).
 
 PortSIP counts only a 200 as delivered, retries anything else five times and stops at a 404
-(``../shared/portsip-push-cdr.md`` §6). So: stored, duplicate, ignored and dead-lettered
+(``docs/portsip-push-cdr.md`` §6). So: stored, duplicate, ignored and dead-lettered
 events are all 200; bad credentials 401; a token without the write scope, or a CDR outside
 a domain-limited token's domains, 403; a body that is not JSON 400, too large 413.
 """

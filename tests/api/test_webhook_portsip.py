@@ -1,6 +1,6 @@
 """POST /api/webhooks/portsip: PortSIP's Push CDR events, over real HTTP (test client) and DB.
 
-Event shapes follow ../shared/portsip-push-cdr.md (§4: the newest and the older call_cdr
+Event shapes follow docs/portsip-push-cdr.md (§4: the newest and the older call_cdr
 examples); values are our own. tests/fixtures/portsip/ holds whole events and the CDR the
 API must then return for each.
 """
