@@ -15,6 +15,7 @@ from django.db import connection
 from django.test import Client, RequestFactory
 from django.test.utils import CaptureQueriesContext
 
+from cdrs import fields as spine
 from cdrs.ids import encode_id
 from cdrs.models import ApiToken, Cdr
 from cdrs.tokens import mint_token, token_digest
@@ -333,6 +334,26 @@ def test_detail_is_human_readable(admin_client, sample):
     assert "OVERFLOW" in html and "+33155512345" in html
     assert 'name="_save"' not in html  # read-only: no save button, no inputs
     assert 'name="caller"' not in html and 'name="duration"' not in html
+
+
+_FORM_ROW = re.compile(r'class="form-row[^"]*? field-(\w+)"')
+
+
+def test_detail_shows_every_cdr_field_once_billing_only_with_the_permission(
+    admin_client, staff, sample
+):
+    # The page's rows derive from cdrs/fields.py: a field added there shows up here.
+    url = change_url(sample["outbound"])
+    rows = _FORM_ROW.findall(admin_client.get(url).content.decode())
+    assert len(rows) == len(set(rows)), rows
+    timing = set(spine.TIMESTAMP_FIELD_NAMES) | {"duration"}
+    plain = [n for n in spine.ALL_FIELD_NAMES if n not in timing]
+    assert {f"{n}_shown" for n in plain} <= set(rows)
+    # Timing rows one per timestamp and the duration; public id, other legs, natural key.
+    assert len(rows) == len(spine.CDR_FIELDS) + 3
+    rows = _FORM_ROW.findall(staff("view_cdr").get(url).content.decode())
+    assert not {f"{n}_shown" for n in spine.PRIVATE_FIELD_NAMES} & set(rows)
+    assert len(rows) == len(spine.CDR_FIELDS) + 3 - len(spine.PRIVATE_FIELD_NAMES)
 
 
 def test_detail_shows_local_time_and_utc_side_by_side(admin_client, settings, sample):
