@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import pytest
 from django.contrib.admin.models import LogEntry
@@ -20,6 +21,9 @@ from cdrs.ids import encode_id
 from cdrs.models import ApiToken, Cdr
 from cdrs.tokens import mint_token, token_digest
 from tests.factories import cdr_payload, create_cdr, create_cdrs, create_generated
+
+if TYPE_CHECKING:
+    from django.test.client import _MonkeyPatchedWSGIResponse
 
 pytestmark = pytest.mark.django_db
 
@@ -397,7 +401,7 @@ def test_detail_caps_the_same_call_links(admin_client):
 # --- API tokens --------------------------------------------------------------------------------
 
 
-def _add_token(client: Client, user_pk: int, **overrides: str) -> object:
+def _add_token(client: Client, user_pk: int, **overrides: str) -> _MonkeyPatchedWSGIResponse:
     data = {
         "user": str(user_pk),
         "name": "billing export",
@@ -449,11 +453,17 @@ def test_token_created_in_the_admin_shows_its_secret_once_and_stores_only_a_dige
     assert "acme.test, pbx.example.com, sales.example.com" in change
 
 
+def _input_tag(html: str, name: str) -> str:
+    """The ``<input>`` named ``name`` (the page must have one)."""
+    found = re.search(rf'<input[^>]*name="{name}"[^>]*>', html)
+    assert found is not None, name
+    return found.group(0)
+
+
 def test_new_token_form_offers_read_only_by_default(admin_client):
     html = admin_client.get(f"{TOKENS}add/").content.decode()
     boxes = {
-        name: re.search(rf'<input[^>]*name="{name}"[^>]*>', html).group(0)
-        for name in ("scope_read", "scope_billing", "scope_write")
+        name: _input_tag(html, name) for name in ("scope_read", "scope_billing", "scope_write")
     }
     assert "checked" in boxes["scope_read"]
     assert "checked" not in boxes["scope_billing"] and "checked" not in boxes["scope_write"]
