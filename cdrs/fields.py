@@ -1,8 +1,9 @@
 """The single list of CDR fields: the spine every other module reads.
 
 Serializers, the filter and orderby allow-lists, the CSV header, the import validator and
-the admin columns all derive from ``CDR_FIELDS``, so adding a field is one edit here plus a
-model field and a migration.
+the admin (a CDR's page, the billing columns and billing filters) all derive from
+``CDR_FIELDS``, so adding a field is one edit here plus a model field and a migration (the
+admin's change list keeps its chosen columns).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from drf_spectacular.views import SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
 from cdrs import health, metrics
-from cdrs.admin_dashboard import dashboard_view
+from cdrs.admin.dashboard import dashboard_view
 from cdrs.api.schema import SchemaView
 from cdrs.api.stats import CdrStatsView
 from cdrs.api.views import CdrViewSet

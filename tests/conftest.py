@@ -6,7 +6,7 @@ import faulthandler
 import os
 import secrets
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import psycopg
@@ -45,7 +45,8 @@ def delete_redis_keys(url: str, prefix: str) -> int:
 def _fresh_rate_limit_counters() -> Iterator[None]:
     """Each test starts with no rate limit or lockout counters (they live in Redis)."""
     yield
-    delete_redis_keys(settings.TEST_REDIS_URL, settings.CACHES["default"]["KEY_PREFIX"])
+    prefix = cast(str, settings.CACHES["default"]["KEY_PREFIX"])  # the Redis test settings
+    delete_redis_keys(settings.TEST_REDIS_URL, prefix)
 
 
 class ApiClient(Client):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import pytest
 from django.contrib.admin.models import LogEntry
@@ -15,10 +16,14 @@ from django.db import connection
 from django.test import Client, RequestFactory
 from django.test.utils import CaptureQueriesContext
 
+from cdrs import fields as spine
 from cdrs.ids import encode_id
 from cdrs.models import ApiToken, Cdr
 from cdrs.tokens import mint_token, token_digest
 from tests.factories import cdr_payload, create_cdr, create_cdrs, create_generated
+
+if TYPE_CHECKING:
+    from django.test.client import _MonkeyPatchedWSGIResponse
 
 pytestmark = pytest.mark.django_db
 
@@ -335,6 +340,26 @@ def test_detail_is_human_readable(admin_client, sample):
     assert 'name="caller"' not in html and 'name="duration"' not in html
 
 
+_FORM_ROW = re.compile(r'class="form-row[^"]*? field-(\w+)"')
+
+
+def test_detail_shows_every_cdr_field_once_billing_only_with_the_permission(
+    admin_client, staff, sample
+):
+    # The page's rows derive from cdrs/fields.py: a field added there shows up here.
+    url = change_url(sample["outbound"])
+    rows = _FORM_ROW.findall(admin_client.get(url).content.decode())
+    assert len(rows) == len(set(rows)), rows
+    timing = set(spine.TIMESTAMP_FIELD_NAMES) | {"duration"}
+    plain = [n for n in spine.ALL_FIELD_NAMES if n not in timing]
+    assert {f"{n}_shown" for n in plain} <= set(rows)
+    # Timing rows one per timestamp and the duration; public id, other legs, natural key.
+    assert len(rows) == len(spine.CDR_FIELDS) + 3
+    rows = _FORM_ROW.findall(staff("view_cdr").get(url).content.decode())
+    assert not {f"{n}_shown" for n in spine.PRIVATE_FIELD_NAMES} & set(rows)
+    assert len(rows) == len(spine.CDR_FIELDS) + 3 - len(spine.PRIVATE_FIELD_NAMES)
+
+
 def test_detail_shows_local_time_and_utc_side_by_side(admin_client, settings, sample):
     settings.TIME_ZONE = "Europe/Paris"
     html = admin_client.get(change_url(sample["outbound"])).content.decode()
@@ -376,7 +401,7 @@ def test_detail_caps_the_same_call_links(admin_client):
 # --- API tokens --------------------------------------------------------------------------------
 
 
-def _add_token(client: Client, user_pk: int, **overrides: str) -> object:
+def _add_token(client: Client, user_pk: int, **overrides: str) -> _MonkeyPatchedWSGIResponse:
     data = {
         "user": str(user_pk),
         "name": "billing export",
@@ -428,11 +453,17 @@ def test_token_created_in_the_admin_shows_its_secret_once_and_stores_only_a_dige
     assert "acme.test, pbx.example.com, sales.example.com" in change
 
 
+def _input_tag(html: str, name: str) -> str:
+    """The ``<input>`` named ``name`` (the page must have one)."""
+    found = re.search(rf'<input[^>]*name="{name}"[^>]*>', html)
+    assert found is not None, name
+    return found.group(0)
+
+
 def test_new_token_form_offers_read_only_by_default(admin_client):
     html = admin_client.get(f"{TOKENS}add/").content.decode()
     boxes = {
-        name: re.search(rf'<input[^>]*name="{name}"[^>]*>', html).group(0)
-        for name in ("scope_read", "scope_billing", "scope_write")
+        name: _input_tag(html, name) for name in ("scope_read", "scope_billing", "scope_write")
     }
     assert "checked" in boxes["scope_read"]
     assert "checked" not in boxes["scope_billing"] and "checked" not in boxes["scope_write"]

@@ -13,7 +13,7 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.utils import timezone
 
-from cdrs.admin_dashboard import api_params
+from cdrs.admin.dashboard import api_params
 from tests.factories import cdr_payload, create_cdrs, create_generated
 
 pytestmark = pytest.mark.django_db

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import socket
 import time
+from typing import cast
 from urllib.parse import urlsplit
 
 import psycopg
@@ -43,7 +44,8 @@ def terminate_export_session(admin: psycopg.Connection, database: str) -> None:
 def read_http10_export(base: str, token: str, admin: psycopg.Connection, db: str) -> bytes:
     """The body of an HTTP/1.0 export whose database session dies after the first 64 kB."""
     url = urlsplit(base)
-    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+    # gunicorn() yields http://127.0.0.1:<port>: both parts are there.
+    with socket.create_connection((url.hostname, cast(int, url.port)), timeout=30) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # a slow reader
         sock.sendall(
             b"GET /api/cdrs/export?format=ndjson HTTP/1.0\r\nHost: 127.0.0.1\r\n"
@@ -77,7 +79,9 @@ def test_an_export_cut_by_the_database_ends_without_a_trailer(tmp_path, empty_po
         assert b"export_complete" not in body  # nothing says it is complete
 
         # HTTP/1.1: the chunked body stops without its last chunk, which clients report.
-        conn = http.client.HTTPConnection(urlsplit(base).hostname, urlsplit(base).port, timeout=30)
+        conn = http.client.HTTPConnection(
+            cast(str, urlsplit(base).hostname), urlsplit(base).port, timeout=30
+        )
         conn.request("GET", "/api/cdrs/export", headers={"Authorization": f"Bearer {token}"})
         response = conn.getresponse()
         assert response.status == 200 and response.getheader("Transfer-Encoding") == "chunked"

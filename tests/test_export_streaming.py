@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import time
+from typing import cast
 from urllib.parse import urlsplit
 
 import pytest
@@ -28,7 +29,8 @@ def test_slow_client_gets_the_whole_export_past_the_worker_timeout(request, tmp_
     token = next(w for w in seeded.stdout.split() if w.startswith("cdr_"))
     with gunicorn(env, tmp_path) as base:
         url = urlsplit(base)
-        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        # gunicorn() yields http://127.0.0.1:<port>: both parts are there.
+        conn = http.client.HTTPConnection(cast(str, url.hostname), url.port, timeout=30)
         conn.request(
             "GET", "/api/cdrs/export?format=ndjson", headers={"Authorization": f"Bearer {token}"}
         )

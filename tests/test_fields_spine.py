@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
+from django.db.models import Field
+
 from cdrs.fields import ALL_FIELD_NAMES, CDR_FIELDS
 from cdrs.models import Cdr
 
@@ -13,7 +17,8 @@ def test_model_fields_are_the_spine_plus_the_natural_key() -> None:
 
 def test_model_limits_match_the_spine() -> None:
     for spec in CDR_FIELDS:
-        field = Cdr._meta.get_field(spec.name)
+        # Every spine name is a concrete column (the test above), never a relation.
+        field = cast("Field[Any, Any]", Cdr._meta.get_field(spec.name))
         assert field.null == spec.nullable, spec.name
         if spec.max_length is not None:
             assert field.max_length == spec.max_length, spec.name

@@ -72,7 +72,8 @@ def test_one_json_line_per_request_with_every_field(log_output):
     assert line["token_prefix"] == ""
     assert GENERATED_ID.fullmatch(line["request_id"])
     stamp = datetime.fromisoformat(line["time"])
-    assert stamp.utcoffset() is not None and stamp.utcoffset().total_seconds() == 0
+    offset = stamp.utcoffset()
+    assert offset is not None and offset.total_seconds() == 0
     # The path is logged without its query string.
     assert lines[1]["path"] == "/healthz"
 

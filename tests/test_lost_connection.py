@@ -72,6 +72,7 @@ def http_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, byte
 def count_stored(database_url: str, call_ids: list[str] | None = None) -> tuple[int, int]:
     """(rows, distinct call_ids) stored, of ``call_ids`` or of all."""
     with psycopg.connect(database_url, autocommit=True) as conn:
+        params: tuple[list[str], ...]
         if call_ids is None:
             query, params = "SELECT count(*), count(DISTINCT call_id) FROM cdrs_cdr", ()
         else:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -148,7 +149,7 @@ def gunicorn(env: dict[str, str], tmp_path: Path, workers: int = 1) -> Iterator[
         log.close()
 
 
-def scrape(client: Client, **extra: str) -> dict[tuple[str, tuple], float]:
+def scrape(client: Client, **extra: Any) -> dict[tuple[str, tuple], float]:
     """/metrics as ``{(sample name, sorted labels): value}``."""
     response = client.get("/metrics", **extra)
     assert response.status_code == 200
@@ -411,7 +412,7 @@ def test_metrics_can_be_turned_off():
 
 def healthz_by_worker(multiproc: Path) -> list[float]:
     """The healthz request count in each worker's own file."""
-    counts = []
+    counts: list[float] = []
     for path in multiproc.glob("counter_*.db"):
         for family in MultiProcessCollector.merge([str(path)]):
             counts.extend(

@@ -111,6 +111,7 @@ def test_a_replayed_duplicate_is_not_stored_twice(client_full, monkeypatch):
     assert "duplicate of" in out
     assert Cdr.objects.count() == 1
     letter.refresh_from_db()
+    assert letter.replay_result is not None
     assert letter.replay_result["duplicates"] == 1
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from django.db import connection
@@ -38,7 +39,8 @@ def _stats(token: Any, params: dict[str, str], *, use_rollup: bool) -> Any:
 
 def _totals() -> list[tuple[int, tuple[int, ...]]]:
     rows: dict[int, list[int]] = {}
-    for r in CdrHourlyTotals.objects.values():
+    # Rows as plain mappings: the measures and dimensions are named in rollup, not literals.
+    for r in cast("Iterable[Mapping[str, Any]]", CdrHourlyTotals.objects.values()):
         acc = rows.setdefault(r["hour"], [0] * len(rollup.MEASURES))
         for i, m in enumerate(rollup.MEASURES):
             acc[i] += r[m]
@@ -48,7 +50,7 @@ def _totals() -> list[tuple[int, tuple[int, ...]]]:
 def _table() -> list[tuple[Any, ...]]:
     """The rollup summed over slots, in a comparable form."""
     rows: dict[tuple[Any, ...], list[int]] = {}
-    for r in CdrHourlyStats.objects.values():
+    for r in cast("Iterable[Mapping[str, Any]]", CdrHourlyStats.objects.values()):
         key = (r["hour"], *(r[d] for d in rollup.DIMENSIONS))
         acc = rows.setdefault(key, [0] * len(rollup.MEASURES))
         for i, m in enumerate(rollup.MEASURES):

@@ -88,7 +88,8 @@ def test_every_operation_conforms_to_the_schema(wsgi_app, stored_ids, scope):
     token = mint_token(username=f"schemathesis-{scope}", scopes=SCOPES[scope]).plain
     headers = {"Authorization": f"Bearer {token}"}
     schema = schemathesis.openapi.from_wsgi("/api/schema?format=json", wsgi_app)
-    operations = [result.ok() for result in schema.get_all_operations()]
+    # An operation the schema cannot describe (Err) fails here, as it should.
+    operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
     assert {f"{op.method.upper()} {op.path}" for op in operations} == {
         "GET /api/cdrs",
         "POST /api/cdrs",

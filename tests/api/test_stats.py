@@ -400,7 +400,7 @@ def requests(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def _wire(filters: dict[str, Any]) -> dict[str, str]:
-    out = {}
+    out: dict[str, Any] = {}
     for name, value in filters.items():
         if isinstance(value, datetime):
             out[name] = format_ts(value)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from typing import Any
 
 import orjson
 import pytest
@@ -38,7 +39,7 @@ def cache_backend(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @contextmanager
 def rates(**scoped: str | None) -> Iterator[None]:
-    framework = dict(settings.REST_FRAMEWORK)
+    framework: dict[str, Any] = dict(settings.REST_FRAMEWORK)
     framework["DEFAULT_THROTTLE_RATES"] = {**framework["DEFAULT_THROTTLE_RATES"], **scoped}
     with override_settings(REST_FRAMEWORK=framework):
         yield

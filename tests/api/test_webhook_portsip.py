@@ -232,6 +232,7 @@ def test_unknown_enum_is_dead_lettered_then_replayed_once_the_mapping_accepts_it
     assert Cdr.objects.count() == 1
     assert Cdr.objects.get().direction == "EXTENSION_CALL"
     letter.refresh_from_db()
+    assert letter.replay_result is not None
     assert letter.replayed_at is not None and letter.replay_result["created"] == 1
 
 

@@ -137,5 +137,6 @@ def test_pages_fetched_by_id_first_are_kept_and_answer_with_new_values(client_ro
                 assert len(page) == expected
             else:
                 assert [i["duration"] for i in page] == expected
-    kept = [v for k, v in compiled._cache().items() if k[2][0][0] == "page"]
+    # The keys are tuples; the cache types them only as Hashable.
+    kept = [v for k, v in compiled._cache().items() if k[2][0][0] == "page"]  # type: ignore[index]
     assert len(kept) == 3 and all(v is not None and " IN (SELECT " in v.sql for v in kept)

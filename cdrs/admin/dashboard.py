@@ -22,13 +22,13 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
+from cdrs.admin.common import can_see_billing
 from cdrs.models import Cdr
 from cdrs.query.options import parse_list_options
 from cdrs.query.stats_options import parse_stats_options
 from cdrs.stats import StatsResult, cdr_stats
 from cdrs.values import format_ts
 
-BILLING_PERMISSION = "cdrs.view_billing"
 DEFAULT_DAYS = 30
 MAX_DAYS = 366
 TOP = 10
@@ -163,7 +163,7 @@ def _mmss(seconds: Decimal) -> str:
 
 
 def dashboard_view(request: HttpRequest) -> HttpResponse:
-    billing = request.user.has_perm(BILLING_PERMISSION)
+    billing = can_see_billing(request)
     form = DashboardForm(request.GET or None)
     context: dict[str, Any] = {
         **admin.site.each_context(request),

@@ -1,5 +1,4 @@
-"""Admin: browse CDRs (read-only, cheap on a table of millions), manage API tokens, and see
-the PortSIP webhook events that could not be stored (read-only).
+"""The CDR change list: paging, filters, search and columns.
 
 Every CDR changelist request costs a bounded number of index-served queries, whatever the
 size of the table: no COUNT(*) (the paginator looks one row ahead instead, and the total
@@ -11,56 +10,30 @@ counts and no unbounded "show all".
 from __future__ import annotations
 
 import contextlib
-import json
-from collections.abc import Sequence
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
-from django.conf import settings
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.admin.views.main import PAGE_VAR, SEARCH_VAR, ChangeList
 from django.core.paginator import Page, Paginator
-from django.db import connection
-from django.db.models import CharField, Max, Min, Q, QuerySet, Value
-from django.db.models.functions import Collate, Lower, Upper
-from django.db.models.lookups import Contains
+from django.db.models import Max, Min, Q, QuerySet
+from django.db.models.functions import Lower
 from django.http import HttpRequest
-from django.urls import reverse
 from django.utils import formats, timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
-from django.utils.http import urlencode
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import capfirst
 
 from cdrs import fields as spine
-from cdrs.admin_forms import ApiTokenForm
-from cdrs.ids import InvalidId, decode_id, encode_id
-from cdrs.models import ApiToken, Cdr, PortsipDeadLetter
-from cdrs.search import SearchDocument, search_q
+from cdrs.admin.cdr_detail import shown_field
+from cdrs.admin.common import EMPTY, NullFilter, ReadOnlyAdmin, can_see_billing, hms
+from cdrs.ids import InvalidId, decode_id
+from cdrs.models import Cdr
+from cdrs.search import search_q
 from cdrs.selectors import cdr_total
-from cdrs.tokens import assign_secret, token_is_live
 from cdrs.values import format_ts
 
-BILLING_PERMISSION = "cdrs.view_billing"
-# The one marker for "no value" on every admin page (empty strings and nulls alike).
-EMPTY = "—"
-# Labels where the field name does not read as English.
-LABELS = {
-    "did_cid": "DID/CID",
-    "call_id": "Call-ID",
-    "outbound_caller_id": "Outbound caller ID",
-    "status_code": "SIP status",
-    "id": "Internal id",
-}
-
-admin.site.site_header = "cdrservice administration"
-admin.site.site_title = "cdrservice admin"
-admin.site.index_title = "Call detail records and API tokens"
-admin.site.site_url = "/api/docs"  # "View site": the API's interactive docs
-admin.site.empty_value_display = EMPTY
-# Other legs of a call listed on a CDR's page; more are one click away in the list.
-SAME_CALL_LIMIT = 50
 # The trunk and domain filters offer the values of this many newest CDRs (one index range
 # scan), never a SELECT DISTINCT over the whole table.
 TRUNK_SAMPLE_ROWS = 5000
@@ -69,61 +42,24 @@ TRUNK_SAMPLE_ROWS = 5000
 SUBSTRING_MIN_LENGTH = 3
 
 
-def substring_q(term: str) -> Q:
-    """``term`` anywhere in the API's search document, served by its trigram index.
-
-    On PostgreSQL the searched columns have the "C" collation, whose UPPER() folds ASCII
-    letters only, while ``cdrs.search.search_q`` folds the term with the database's
-    collation: "García" becomes "GARCÍA" on one side and "GARCíA" on the other, and is
-    never found. Folding the term in "C" too makes both sides agree.
-    """
-    if connection.vendor != "postgresql":
-        return search_q(term)
-    folded = Upper(Collate(Value(term, output_field=CharField()), "C"))
-    return Q(Contains(SearchDocument(), folded))
+def list_column(name: str) -> str:
+    """The change list column of a model field: a string field through ``<name>_shown``
+    (its "no value" is "", which Django would not show as the empty marker), any other
+    field as itself (Django formats it, and shows NULL as the marker)."""
+    return f"{name}_shown" if spine.FIELDS_BY_NAME[name].kind is spine.Kind.STRING else name
 
 
-def can_see_billing(request: HttpRequest) -> bool:
-    """Whether the admin user may see cost and billed_account (superusers always may)."""
-    return request.user.has_perm(BILLING_PERMISSION)
-
-
-def hms(seconds: int | None) -> str:
-    """Seconds as h:mm:ss (hours not wrapped at 24: 90061 -> 25:01:01)."""
-    if seconds is None:
-        return EMPTY
-    hours, rest = divmod(int(seconds), 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
-
-
-def local_time(value: datetime) -> str:
-    """A timestamp in the admin's time zone, second precision, with the zone's name."""
-    return timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S %Z")
-
-
-def when(value: datetime | None, since: datetime | None = None) -> str:
-    """Local time, the UTC time as the API writes it, and the offset from ``since``."""
-    if value is None:
-        return EMPTY
-    after = ""
-    if since is not None:
-        delta = int((value - since).total_seconds())
-        after = f" +{hms(delta)}" if delta >= 0 else f" -{hms(-delta)}"
-    return format_html(
-        '{} <span class="quiet">(UTC {}){}</span>', local_time(value), format_ts(value), after
-    )
-
-
-# --- CDRs ------------------------------------------------------------------------------------
+# Model fields listed as they are; the billing ones are the spine's private fields.
+PLAIN_LIST_FIELDS = ("trunk",)
+BILLING_LIST_FIELDS = spine.PRIVATE_FIELD_NAMES
 
 
 def cdr_list_columns(request: HttpRequest) -> list[str]:
     """The model fields the CDR changelist reads (for ``QuerySet.only``)."""
     columns = ["id", "started_at", "direction", "caller", "caller_display_name", "callee"]
-    columns += ["callee_display_name", "duration", "end_reason", "trunk"]
+    columns += ["callee_display_name", "duration", "end_reason", *PLAIN_LIST_FIELDS]
     if can_see_billing(request):
-        columns += list(CdrAdmin.billing_columns)
+        columns += BILLING_LIST_FIELDS
     return columns
 
 
@@ -323,21 +259,13 @@ class CdrChangeList(ChangeList):
         }
 
 
-class AnsweredFilter(admin.SimpleListFilter):
+class AnsweredFilter(NullFilter):
     """Answered (answered_at set) or not answered (answered_at NULL)."""
 
     title = "answered"
     parameter_name = "answered"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("yes", "Answered"), ("no", "Not answered")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
-        if self.value() == "yes":
-            return queryset.filter(answered_at__isnull=False)
-        if self.value() == "no":
-            return queryset.filter(answered_at__isnull=True)
-        return None
+    field_name = "answered_at"
+    options = (("yes", "Answered", False), ("no", "Not answered", True))
 
 
 def newest_values(request: HttpRequest, name: str) -> set[str]:
@@ -453,62 +381,18 @@ class RerouteReasonFilter(admin.SimpleListFilter):
         return queryset.filter(reroute_reason="" if value == "none" else value)
 
 
-# Model fields shown on a CDR's page through ``_shown`` (as ``<name>_shown``).
-SHOWN_FIELDS = (
-    "direction",
-    "caller",
-    "caller_display_name",
-    "caller_domain",
-    "callee",
-    "callee_display_name",
-    "callee_domain",
-    "end_reason",
-    "reroute_reason",
-    "status_code",
-    "destination",
-    "outbound_caller_id",
-    "did_cid",
-    "trunk",
-    "service_number",
-    "call_id",
-    "user_data",
-    "id",
-    "natural_key",
-    "cost",
-    "billed_account",
-)
+class CdrListAdmin(ReadOnlyAdmin):
+    """The CDR change list (``CdrAdmin`` combines it with the CDR page)."""
 
-
-def _shown_names(*names: str) -> tuple[str, ...]:
-    return tuple(f"{n}_shown" for n in names)
-
-
-def _shown(name: str) -> Any:
-    """A read-only detail field: its value, or the empty marker; a human label."""
-
-    @admin.display(description=LABELS.get(name, capfirst(name.replace("_", " "))))
-    def show(self: Any, obj: Cdr) -> Any:
-        value = getattr(obj, name)
-        return EMPTY if value in ("", None) else value
-
-    show.__name__ = f"{name}_shown"
-    return show
-
-
-@admin.register(Cdr)
-class CdrAdmin(admin.ModelAdmin):
-    """CDRs, read-only for everyone: they are records, removed only by retention tooling."""
-
-    list_display = (
+    list_display: tuple[str, ...] = (
         "started",
         "direction_column",
         "caller_column",
         "callee_column",
         "duration_column",
         "end_reason_column",
-        "trunk_shown",
+        *(list_column(n) for n in PLAIN_LIST_FIELDS),
     )
-    billing_columns = ("cost", "billed_account")  # model fields (the list reads only these)
     list_display_links = ("started",)
     list_filter = (
         CallerDomainFilter,
@@ -543,65 +427,10 @@ class CdrAdmin(admin.ModelAdmin):
         "display name, destination, DID or Call-ID."
     )
 
-    fieldsets_public: Sequence[tuple[str | None, dict[str, Any]]] = (
-        (
-            None,
-            {
-                "fields": (
-                    "public_id",
-                    *_shown_names(
-                        "direction",
-                        "caller",
-                        "caller_display_name",
-                        "caller_domain",
-                        "callee",
-                        "callee_display_name",
-                        "callee_domain",
-                    ),
-                )
-            },
-        ),
-        (
-            "Timing",
-            {"fields": ("started_detail", "rang", "answered", "ended", "duration_hms")},
-        ),
-        ("Outcome", {"fields": _shown_names("end_reason", "reroute_reason", "status_code")}),
-        (
-            "Routing",
-            {
-                "fields": _shown_names(
-                    "destination", "outbound_caller_id", "did_cid", "trunk", "service_number"
-                )
-            },
-        ),
-        ("Call-ID", {"fields": (*_shown_names("call_id"), "same_call")}),
-        ("Other", {"fields": _shown_names("user_data", "id", "natural_key")}),
-    )
-    fieldsets_billing: Sequence[tuple[str | None, dict[str, Any]]] = (
-        ("Billing", {"fields": _shown_names("cost", "billed_account")}),
-    )
-
-    # Read-only for everyone, superusers included.
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Cdr | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Cdr | None = None) -> bool:
-        return False
-
     def get_list_display(self, request: HttpRequest) -> tuple[str, ...]:
         if can_see_billing(request):
-            return (*self.list_display, "cost", "billed_account_shown")
+            return (*self.list_display, *(list_column(n) for n in BILLING_LIST_FIELDS))
         return self.list_display
-
-    def get_fieldsets(self, request: HttpRequest, obj: Cdr | None = None) -> Any:
-        if can_see_billing(request):
-            # Billing right after Routing, before the Call-ID and the internal fields.
-            head, tail = self.fieldsets_public[:4], self.fieldsets_public[4:]
-            return (*head, *self.fieldsets_billing, *tail)
-        return self.fieldsets_public
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
@@ -649,7 +478,7 @@ class CdrAdmin(admin.ModelAdmin):
         if term.isdecimal() and 1 <= len(term) <= 19:
             match |= Q(pk=int(term))
         if len(term) >= SUBSTRING_MIN_LENGTH:
-            match |= substring_q(term)
+            match |= search_q(term)
         return queryset.filter(match), False
 
     # -- columns ------------------------------------------------------------------------------
@@ -682,87 +511,10 @@ class CdrAdmin(admin.ModelAdmin):
     def end_reason_column(self, obj: Cdr) -> str:
         return _breakable(obj.end_reason)
 
-    # -- detail ---------------------------------------------------------------------------------
 
-    @admin.display(description="Public id")
-    def public_id(self, obj: Cdr) -> str:
-        return format_html("<code>{}</code>", encode_id(obj.pk))
-
-    @admin.display(description="Started")
-    def started_detail(self, obj: Cdr) -> str:
-        return when(obj.started_at)
-
-    @admin.display(description="Rang")
-    def rang(self, obj: Cdr) -> str:
-        return when(obj.rang_at, obj.started_at)
-
-    @admin.display(description="Answered")
-    def answered(self, obj: Cdr) -> str:
-        return when(obj.answered_at, obj.started_at)
-
-    @admin.display(description="Ended")
-    def ended(self, obj: Cdr) -> str:
-        return when(obj.ended_at, obj.started_at)
-
-    @admin.display(description="Duration (h:mm:ss)")
-    def duration_hms(self, obj: Cdr) -> str:
-        seconds = obj.duration
-        return format_html('{} <span class="quiet">({} s)</span>', hms(seconds), seconds)
-
-    @admin.display(description="Other CDRs of this call")
-    def same_call(self, obj: Cdr) -> str:
-        if not obj.call_id:
-            return EMPTY
-        others = list(
-            Cdr.objects.filter(call_id=obj.call_id)
-            .exclude(pk=obj.pk)
-            .order_by("started_at", "id")
-            .only("id", "started_at", "caller", "callee", "direction")[: SAME_CALL_LIMIT + 1]
-        )
-        if not others:
-            return EMPTY
-        info = self.opts.app_label, self.opts.model_name
-        items = format_html_join(
-            "",
-            '<li><a href="{}">{}</a> {} → {} <span class="quiet">{}</span></li>',
-            (
-                (
-                    reverse(f"admin:{info[0]}_{info[1]}_change", args=[o.pk]),
-                    local_time(o.started_at),
-                    o.caller or EMPTY,
-                    o.callee or EMPTY,
-                    o.direction,
-                )
-                for o in others[:SAME_CALL_LIMIT]
-            ),
-        )
-        more = ""
-        if len(others) > SAME_CALL_LIMIT:
-            url = reverse(f"admin:{info[0]}_{info[1]}_changelist")
-            more = format_html(
-                '<li><a href="{}?{}">All CDRs with this Call-ID…</a></li>',
-                url,
-                urlencode({"call_id": obj.call_id}),
-            )
-        return format_html('<ul class="cdr-same-call">{}{}</ul>', items, more)
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Cdr | None = None) -> tuple[str, ...]:
-        # Everything is read-only (no change permission); the callables must be listed so
-        # that the fieldsets may name them.
-        return (
-            "public_id",
-            "started_detail",
-            "rang",
-            "answered",
-            "ended",
-            "duration_hms",
-            "same_call",
-            *_shown_names(*SHOWN_FIELDS),
-        )
-
-
-for _name in SHOWN_FIELDS:
-    setattr(CdrAdmin, f"{_name}_shown", _shown(_name))
+for _name in (*PLAIN_LIST_FIELDS, *BILLING_LIST_FIELDS):
+    if list_column(_name) != _name:
+        setattr(CdrListAdmin, list_column(_name), shown_field(_name))
 
 
 def _breakable(value: str) -> SafeString:
@@ -776,206 +528,3 @@ def _number(number: str, display_name: str) -> SafeString:
             '{}<span class="quiet cdr-name">{}</span>', number or EMPTY, display_name
         )
     return format_html("{}", number or EMPTY)
-
-
-# --- API tokens ------------------------------------------------------------------------------
-
-
-@admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
-    """API tokens: create (the secret is shown once), list, edit scopes/domains, revoke.
-
-    Only the public prefix is ever displayed; the digest is neither shown, nor searchable,
-    nor filterable, and the plain token exists only in the response after it is created.
-    """
-
-    form = ApiTokenForm
-    list_display = (
-        "prefix",
-        "name",
-        "user",
-        "scopes_column",
-        "domains_column",
-        "enabled",
-        "state",
-        "expires_at",
-        "last_used_at",
-        "created_at",
-    )
-    list_display_links = ("prefix", "name")
-    list_filter = ("enabled", "scope_read", "scope_billing", "scope_write")
-    list_select_related = ("user",)
-    search_fields = ("=prefix", "name", "user__username")
-    ordering = ("-created_at", "-id")
-    actions = ("revoke_tokens",)
-    add_fieldsets = (
-        (None, {"fields": ("user", "name")}),
-        ("Scopes", {"fields": ("scope_read", "scope_billing", "scope_write")}),
-        ("Limits", {"fields": ("domains", "expires_at", "enabled")}),
-    )
-    change_fieldsets = (
-        (None, {"fields": ("prefix", "user", "name")}),
-        ("Scopes", {"fields": ("scope_read", "scope_billing", "scope_write")}),
-        ("Limits", {"fields": ("domains", "expires_at", "enabled")}),
-        ("Use", {"fields": ("state", "created_at", "last_used_at")}),
-    )
-
-    def get_fieldsets(self, request: HttpRequest, obj: ApiToken | None = None) -> Any:
-        return self.change_fieldsets if obj is not None else self.add_fieldsets
-
-    def get_readonly_fields(
-        self, request: HttpRequest, obj: ApiToken | None = None
-    ) -> tuple[str, ...]:
-        if obj is None:
-            return ()
-        # A token stays with the user it was made for: give another user a new token.
-        return ("prefix", "user", "state", "created_at", "last_used_at")
-
-    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
-        # Most tokens are made by the person who will use them.
-        return {"user": request.user.pk, **super().get_changeform_initial_data(request)}
-
-    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
-        if db_field.name == "user":
-            kwargs["queryset"] = db_field.related_model.objects.filter(is_active=True).order_by(
-                "username"
-            )
-        return super().formfield_for_foreignkey(db_field, request, **kwargs)
-
-    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
-        # ?digest__startswith=... would reveal the digest a character at a time.
-        if lookup.split("__", 1)[0] == "digest":
-            return False
-        return super().lookup_allowed(lookup, value, request)
-
-    def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
-        plain = None if change else assign_secret(obj)
-        super().save_model(request, obj, form, change)
-        if plain is not None:
-            # Shown on the page the admin is redirected to, then gone: only the digest is
-            # stored. format_html escapes the token, so the message may be marked safe.
-            messages.success(
-                request,
-                format_html(
-                    'New API token for {}: <code id="new-api-token">{}</code> — copy it now, '
-                    "it is shown only this once.",
-                    obj.user,
-                    plain,
-                ),
-            )
-
-    @admin.action(description="Revoke selected tokens", permissions=["change"])
-    def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
-        tokens = list(queryset.filter(enabled=True))
-        ApiToken.objects.filter(pk__in=[t.pk for t in tokens]).update(enabled=False)
-        for token in tokens:
-            self.log_change(request, token, [{"changed": {"fields": ["enabled"]}}])
-        wait = settings.CDR_TOKEN_CACHE_SECONDS
-        self.message_user(
-            request,
-            f"Revoked {len(tokens)} token(s)."
-            + (f" They stop working within {wait} s." if wait > 0 else ""),
-            messages.SUCCESS,
-        )
-
-    @admin.display(description="Scopes")
-    def scopes_column(self, obj: ApiToken) -> str:
-        return ", ".join(obj.scopes) or EMPTY
-
-    @admin.display(description="Domains")
-    def domains_column(self, obj: ApiToken) -> str:
-        return ", ".join(obj.domains) if obj.domains else "all"
-
-    @admin.display(description="State")
-    def state(self, obj: ApiToken) -> str:
-        if not obj.enabled:
-            return "revoked"
-        return "active" if token_is_live(obj, timezone.now()) else "expired"
-
-
-# --- PortSIP dead letters ----------------------------------------------------------------------
-
-
-class ReplayedFilter(admin.SimpleListFilter):
-    """Waiting for a replay, or already stored by one."""
-
-    title = "state"
-    parameter_name = "state"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("pending", "Not stored yet"), ("replayed", "Stored by a replay")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
-        if self.value() == "pending":
-            return queryset.filter(replayed_at__isnull=True)
-        if self.value() == "replayed":
-            return queryset.filter(replayed_at__isnull=False)
-        return None
-
-
-@admin.register(PortsipDeadLetter)
-class PortsipDeadLetterAdmin(admin.ModelAdmin):
-    """PortSIP webhook events that could not be stored: read-only, for diagnosis.
-
-    They leave this table only through ``manage.py replay_portsip_events``, which marks them
-    stored; nothing here edits or deletes one (the PBX has already been told 200, so this is
-    the only copy of the call).
-    """
-
-    list_display = (
-        "id",
-        "received_at",
-        "token_prefix",
-        "event_type",
-        "error_message",
-        "replay_attempts",
-        "state",
-    )
-    list_filter = (ReplayedFilter, "event_type")
-    search_fields = ("=token_prefix",)
-    ordering = ("-received_at", "-id")
-    list_per_page = 100
-    actions = None
-    fields = (
-        "id",
-        "received_at",
-        "token_prefix",
-        "token_domains",
-        "event_type",
-        "error_pretty",
-        "body_pretty",
-        "replay_attempts",
-        "replayed_at",
-        "replay_result",
-    )
-    readonly_fields = fields
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(
-        self, request: HttpRequest, obj: PortsipDeadLetter | None = None
-    ) -> bool:
-        return False
-
-    def has_delete_permission(
-        self, request: HttpRequest, obj: PortsipDeadLetter | None = None
-    ) -> bool:
-        return False
-
-    @admin.display(description="Error")
-    def error_message(self, obj: PortsipDeadLetter) -> str:
-        message = str((obj.error or {}).get("message", ""))
-        return message if len(message) <= 120 else message[:119] + "…"
-
-    @admin.display(description="State")
-    def state(self, obj: PortsipDeadLetter) -> str:
-        return "stored by a replay" if obj.replayed_at else "not stored yet"
-
-    @admin.display(description="Error")
-    def error_pretty(self, obj: PortsipDeadLetter) -> str:
-        return format_html("<pre>{}</pre>", json.dumps(obj.error, indent=2, ensure_ascii=False))
-
-    @admin.display(description="Body as received")
-    def body_pretty(self, obj: PortsipDeadLetter) -> str:
-        return format_html('<pre style="white-space: pre-wrap">{}</pre>', obj.body)
