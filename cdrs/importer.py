@@ -37,10 +37,11 @@ from typing import IO, Any
 from django.db import connection, transaction
 
 from cdrs import services
-from cdrs.export import ESCAPE, csv_trailer_rows, ndjson_trailer_rows
+from cdrs.export import csv_trailer_rows, ndjson_trailer_rows
 from cdrs.fields import ALL_FIELD_NAMES
 from cdrs.validation import CdrInvalid, validate_cdr
 from cdrs.values import loads_json
+from cdrs.wire import ESCAPE
 
 BATCH_ROWS = 10_000
 # Rows created by one import_cdrs run from which it ANALYZEs the table on PostgreSQL. Before
@@ -202,7 +203,7 @@ def iter_csv(stream: IO[bytes]) -> Iterator[Record]:
         if len(cells) != width:
             yield start, None, f"expected {width} cells, found {len(cells)}"
             continue
-        # csv_unescape, inlined: this runs for every cell of every row (width checked above).
+        # Undo csv_escape, inlined: this runs for every cell of every row (width checked above).
         row = {h: c[1:] if c[:1] == ESCAPE else c for h, c in zip(header, cells, strict=False)}
         yield start, row, None
 

@@ -35,6 +35,7 @@ from cdrs.query.options import (
 )
 from cdrs.query.plain import CdrPlainFilterSet
 from cdrs.validation import CdrInvalid, validate_cdr
+from cdrs.wire import cdr_item
 
 MAX_BATCH = s.MAX_BATCH
 
@@ -150,7 +151,7 @@ class CdrViewSet(viewsets.ViewSet):
         return Response(
             {
                 "count": page.count,
-                "items": [s.cdr_item(row) for row in page.rows],
+                "items": [cdr_item(row) for row in page.rows],
                 "next_cursor": page.next_cursor,
             }
         )
@@ -171,7 +172,7 @@ class CdrViewSet(viewsets.ViewSet):
         row = selectors.cdr_get(token_of(request), cdr_id)
         if row is None:
             raise NotFound("CDR not found")
-        return Response({"items": [s.cdr_item(row)]})
+        return Response({"items": [cdr_item(row)]})
 
     @extend_schema(
         summary="Ingest CDRs",
