@@ -22,22 +22,36 @@ from cdrs.api.errors import ValidateFailed
 from cdrs.api.permissions import token_of
 from cdrs.api.schema import CDR_OR_BATCH, CdrSchema
 from cdrs.export import StartedStream, csv_lines, ndjson_lines
-from cdrs.fields import visible_field_names
+from cdrs.fields import (
+    ORDERABLE_FIELD_NAMES,
+    PRIVATE_FIELD_NAMES,
+    SEARCH_FIELD_NAMES,
+    visible_field_names,
+)
 from cdrs.ids import InvalidId, decode_id_or_decimal, encode_id
-from cdrs.models import Cdr
+from cdrs.models import ApiToken, Cdr
 from cdrs.query.filter import MAX_FILTER_LENGTH
 from cdrs.query.options import (
     SEARCH_MAX,
     TOP_DEFAULT,
     TOP_MAX,
+    ListOptions,
     OptionError,
     parse_list_options,
 )
+from cdrs.query.orderby import DEFAULT_ORDER
 from cdrs.query.plain import CdrPlainFilterSet
 from cdrs.validation import CdrInvalid, validate_cdr
 from cdrs.wire import cdr_item
 
 MAX_BATCH = s.MAX_BATCH
+
+
+def _names(names: tuple[str, ...], last: str = "") -> str:
+    """``a, b, c`` (or ``a, b and c`` with ``last="and"``) for the parameter docs."""
+    if not last or len(names) < 2:
+        return ", ".join(names)
+    return f"{', '.join(names[:-1])} {last} {names[-1]}"
 
 
 def _error(code: str, when: str) -> OpenApiResponse:
@@ -76,8 +90,8 @@ _QUERY_DOC = [
     OpenApiParameter(
         "orderby",
         str,
-        description="`field [asc|desc], ...` over started_at, ended_at, answered_at, duration, "
-        "caller, callee, status_code, id; ties broken by id. Default `started_at desc`.",
+        description=f"`field [asc|desc], ...` over {_names(ORDERABLE_FIELD_NAMES)}; ties "
+        f"broken by id. Default `{DEFAULT_ORDER[0]}`.",
     ),
     OpenApiParameter(
         "filter",
@@ -86,14 +100,14 @@ _QUERY_DOC = [
         "`contains(f,'x')`, `startswith(f,'x')`, `endswith(f,'x')` (case-sensitive), "
         "literals `'text'` ('' escapes a quote), integers, decimals, `null`, timestamps as "
         "quoted RFC 3339. Example: `caller eq '101' and started_at gt '2022-01-01T00:00:00Z'`."
-        f" At most {MAX_FILTER_LENGTH} characters; cost and billed_account need the billing "
-        "scope.",
+        f" At most {MAX_FILTER_LENGTH} characters; {_names(PRIVATE_FIELD_NAMES, 'and')} need "
+        "the billing scope.",
     ),
     OpenApiParameter(
         "search",
         {"type": "string", "maxLength": SEARCH_MAX},
-        description="Case-insensitive substring over caller, "
-        "callee, display names, destination, did_cid, outbound_caller_id, call_id.",
+        description=f"Case-insensitive substring over {_names(SEARCH_FIELD_NAMES)}; at most "
+        f"{SEARCH_MAX} characters.",
     ),
     OpenApiParameter(
         "count",
@@ -112,8 +126,7 @@ _ID_PARAM = OpenApiParameter(
 )
 
 
-def _options(request: Request, *, export: bool = False) -> Any:
-    token = token_of(request)
+def _options(request: Request, token: ApiToken, *, export: bool = False) -> ListOptions:
     try:
         return parse_list_options(
             dict(request.query_params.lists()), billing=token.scope_billing, export=export
@@ -147,7 +160,8 @@ class CdrViewSet(viewsets.ViewSet):
         responses={200: s.CdrListResponseSerializer, **_ERRORS},
     )
     def list(self, request: Request) -> Response:
-        page = selectors.cdr_list(token_of(request), _options(request))
+        token = token_of(request)
+        page = selectors.cdr_list(token, _options(request, token))
         return Response(
             {
                 "count": page.count,
@@ -273,7 +287,7 @@ class CdrViewSet(viewsets.ViewSet):
     @action(detail=False, methods=["get"], url_path="export")
     def export(self, request: Request) -> StreamingHttpResponse:
         token = token_of(request)
-        options = _options(request, export=True)
+        options = _options(request, token, export=True)
         rows = selectors.cdr_export_rows(token, options)
         stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
         if options.export_format == "csv":
