@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Generator, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdrs import heartbeat, jsonenc
 from cdrs.wire import CsvLines, cdr_item, csv_cell, csv_writer
+
+if TYPE_CHECKING:
+    from cdrs.selectors import CdrRow
 
 TRAILER_KEY = "export_complete"
 _CSV_TRAILER_RE = re.compile(r"#export_complete rows=(0|[1-9][0-9]{0,17})")
@@ -56,7 +59,7 @@ def _close(rows: Iterable[Any]) -> None:
 
 
 def csv_lines(
-    fields: tuple[str, ...], rows: Iterable[dict[str, Any]]
+    fields: tuple[str, ...], rows: Iterable[CdrRow | dict[str, Any]]
 ) -> Generator[bytes, None, None]:
     """The header, the rows, the trailer. The first chunk holds rows (or the trailer): the
     database has answered before anything is sent (see ``StartedStream``)."""
@@ -81,7 +84,7 @@ def csv_lines(
         _close(rows)
 
 
-def ndjson_lines(rows: Iterable[dict[str, Any]]) -> Generator[bytes, None, None]:
+def ndjson_lines(rows: Iterable[CdrRow | dict[str, Any]]) -> Generator[bytes, None, None]:
     """One CDR object a line, then the trailer line."""
     batch: list[bytes] = []
     count = 0

@@ -258,7 +258,7 @@ def checked_trailers(records: Iterator[Record], *, required: bool) -> Iterator[R
 
 def _load_batch(rows: list[dict[str, Any]]) -> tuple[int, int]:
     """Store one batch through the same service as the API's ingest (COPY on PostgreSQL)."""
-    result = services.cdr_ingest(rows)
+    result = services.cdr_ingest(rows=rows)
     return result.created, result.duplicates
 
 

@@ -399,7 +399,7 @@ def cdr_stats(
         and all(d in rollup.DIMENSIONS for d in dims)
         and (slot is None or slot == 3600)
     )
-    scope = domain_q(token) if token is not None else Q()
+    scope = domain_q(token=token) if token is not None else Q()
     # Nothing but time: the per-hour totals (a month is ~744 rows, not ~170,000).
     hours_only = not dims and not scope and all(_split(key)[0] == "started_at" for key, _ in leaves)
     source = "direct"
@@ -410,7 +410,7 @@ def cdr_stats(
         rows = _rollup_rows(model, scope, rollup_where, dims, slot is not None)
         slot_len = 3600
     else:
-        base = cdrs_for_token(token) if token is not None else Cdr.objects.all()
+        base = cdrs_for_token(token=token) if token is not None else Cdr.objects.all()
         rows = _direct_rows(base.filter(options.where), dims, slot)
         slot_len = slot or 0
 

@@ -14,21 +14,25 @@ from __future__ import annotations
 import csv
 import io
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cdrs.ids import encode_id
+
+if TYPE_CHECKING:
+    from cdrs.selectors import CdrRow
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "'")
 ESCAPE = "'"
 
 
-def cdr_item(row: dict[str, Any]) -> dict[str, Any]:
+def cdr_item(row: CdrRow | dict[str, Any]) -> dict[str, Any]:
     """The wire form of a row from ``selectors`` (timestamps already RFC 3339 text).
 
     Rows from selectors are fresh dicts, so the id is replaced in place (no copy per row).
     """
-    row["id"] = encode_id(row["id"])
-    return row
+    item = cast(dict[str, Any], row)
+    item["id"] = encode_id(row["id"])
+    return item
 
 
 def csv_escape(value: str) -> str:

@@ -161,7 +161,7 @@ class CdrViewSet(viewsets.ViewSet):
     )
     def list(self, request: Request) -> Response:
         token = token_of(request)
-        page = selectors.cdr_list(token, _options(request, token))
+        page = selectors.cdr_list(token=token, options=_options(request, token))
         return Response(
             {
                 "count": page.count,
@@ -183,7 +183,7 @@ class CdrViewSet(viewsets.ViewSet):
             cdr_id = decode_id_or_decimal(pk)
         except InvalidId as exc:
             raise NotFound("CDR not found") from exc
-        row = selectors.cdr_get(token_of(request), cdr_id)
+        row = selectors.cdr_get(token=token_of(request), cdr_id=cdr_id)
         if row is None:
             raise NotFound("CDR not found")
         return Response({"items": [cdr_item(row)]})
@@ -232,7 +232,7 @@ class CdrViewSet(viewsets.ViewSet):
             )
         token = token_of(request)
         try:
-            result = services.cdr_ingest_for_token(rows, token=token)
+            result = services.cdr_ingest_for_token(rows=rows, token=token)
         except services.OutsideTokenDomains as exc:
             from cdrs.api.errors import error_body
 
@@ -288,7 +288,7 @@ class CdrViewSet(viewsets.ViewSet):
     def export(self, request: Request) -> StreamingHttpResponse:
         token = token_of(request)
         options = _options(request, token, export=True)
-        rows = selectors.cdr_export_rows(token, options)
+        rows = selectors.cdr_export_rows(token=token, options=options)
         stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
         if options.export_format == "csv":
             fields = visible_field_names(billing=token.scope_billing)
