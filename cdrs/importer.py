@@ -39,7 +39,7 @@ from django.db import connection, transaction
 from cdrs import services
 from cdrs.export import csv_trailer_rows, ndjson_trailer_rows
 from cdrs.fields import ALL_FIELD_NAMES
-from cdrs.validation import CdrInvalid, validate_cdr
+from cdrs.validation import validate_batch
 from cdrs.values import loads_json
 from cdrs.wire import ESCAPE
 
@@ -270,25 +270,43 @@ def _validated_batches(
     stats: ImportStats,
     on_reject: Callable[[int, dict[str, str], Any], None] | None,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Parse and validate records into batches of clean rows; rejects are counted here."""
+    """Parse and validate records into batches of clean rows; rejects are counted here.
+
+    Parsed records wait in ``pending`` until they could fill the batch, then go through
+    ``validate_batch`` together; a record that did not parse first flushes them, so
+    rejects are reported in file order and every batch but the last has ``batch_rows``.
+    """
     batch: list[dict[str, Any]] = []
+    pending: list[tuple[int, Any]] = []
+
+    def reject(line: int, error_map: dict[str, str], obj: Any) -> None:
+        stats.rejected += 1
+        if len(stats.rejects) < 1000:
+            stats.rejects.append((line, error_map))
+        if on_reject:
+            on_reject(line, error_map, obj)
+
+    def flush() -> None:
+        rows, bad = validate_batch([obj for _, obj in pending], text=text_mode)
+        batch.extend(rows)
+        for index, error_map in bad:
+            line, obj = pending[index]
+            reject(line, error_map, obj)
+        pending.clear()
+
     for line, obj, error in records:
         stats.read += 1
-        error_map: dict[str, str] = {"record": error} if error is not None else {}
-        if error is None:
-            try:
-                batch.append(validate_cdr(obj, text=text_mode))
-            except CdrInvalid as exc:
-                error_map = exc.errors
-        if error_map:
-            stats.rejected += 1
-            if len(stats.rejects) < 1000:
-                stats.rejects.append((line, error_map))
-            if on_reject:
-                on_reject(line, error_map, obj)
-        if len(batch) >= batch_rows:
-            yield batch
-            batch = []
+        if error is not None:
+            flush()
+            reject(line, {"record": error}, obj)
+            continue
+        pending.append((line, obj))
+        if len(batch) + len(pending) >= batch_rows:
+            flush()
+            if len(batch) >= batch_rows:
+                yield batch
+                batch = []
+    flush()
     if batch:
         yield batch
 

@@ -41,7 +41,7 @@ from cdrs.query.options import (
 )
 from cdrs.query.orderby import DEFAULT_ORDER
 from cdrs.query.plain import CdrPlainFilterSet
-from cdrs.validation import CdrInvalid, validate_cdr
+from cdrs.validation import validate_batch
 from cdrs.wire import cdr_item
 
 MAX_BATCH = s.MAX_BATCH
@@ -215,13 +215,7 @@ class CdrViewSet(viewsets.ViewSet):
             raise ValidateFailed('body must be a CDR object or {"items": [...]}')
         if not 1 <= len(items) <= MAX_BATCH:
             raise ValidateFailed(f"items: between 1 and {MAX_BATCH} CDRs per request")
-        rows: list[dict[str, Any]] = []
-        bad: list[tuple[int, dict[str, str]]] = []
-        for index, item in enumerate(items):
-            try:
-                rows.append(validate_cdr(item))
-            except CdrInvalid as exc:
-                bad.append((index, exc.errors))
+        rows, bad = validate_batch(items)
         if bad:
             first_index, first_errors = bad[0]
             field, why = next(iter(first_errors.items()))
