@@ -34,7 +34,6 @@ from cdrs.values import (
 # Model columns written on insert, in a fixed order (the CSV/COPY column order too).
 INSERT_COLUMNS: tuple[str, ...] = (*(f.name for f in CDR_FIELDS), "natural_key")
 
-_MAX_INT64 = 2**63 - 1
 # The accepted started_at range (README, "Hostile input"): from the Unix epoch to the last
 # second a snowflake id can encode, with or without an id, so every stored CDR could also
 # have been sent without one.
