@@ -88,6 +88,19 @@ def _shape_of_values(items: Sequence[Any]) -> tuple[Hashable, list[Any]] | None:
         return None
 
 
+def _values_fill(items: Sequence[Any], values: Iterator[Any]) -> list[Any]:
+    """``items`` with their slots (see ``_value_shape``) replaced by the next ``values``."""
+    return [_value_fill(v, values) for v in items]
+
+
+def _value_fill(value: Any, values: Iterator[Any]) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, list | tuple):
+        return [next(values) for _ in value]
+    return next(values)
+
+
 def _q_fill(q: Q, values: Iterator[Any]) -> Q:
     """``q`` with its slot values replaced, in order, by the next ones from ``values``."""
     filled = Q()
@@ -98,12 +111,7 @@ def _q_fill(q: Q, values: Iterator[Any]) -> Q:
             continue
         assert isinstance(child, tuple)  # _shape_of_q accepted only Qs and (lookup, value)
         lookup, value = child
-        if value is None or isinstance(value, bool):
-            filled.children.append((lookup, value))
-        elif isinstance(value, list | tuple):
-            filled.children.append((lookup, [next(values) for _ in value]))
-        else:
-            filled.children.append((lookup, next(values)))
+        filled.children.append((lookup, _value_fill(value, values)))
     return filled
 
 
@@ -216,11 +224,6 @@ def _fetch_rows(
     if compiled is None:
         return list(build(values))
     return compiled.rows(values)
-
-
-def _values_fill(items: Sequence[Any], values: Iterator[Any]) -> list[Any]:
-    """``items`` with their slots (see ``_value_shape``) replaced by the next ``values``."""
-    return [v if v is None or isinstance(v, bool) else next(values) for v in items]
 
 
 Make = Callable[[Sequence[str], Q, list[Any] | None], QuerySet[Any, Any]]
