@@ -77,18 +77,26 @@ def _touch(token: ApiToken) -> None:
     )
 
 
-class BearerTokenScheme(OpenApiAuthenticationExtension):
+class _HttpScheme(OpenApiAuthenticationExtension):
+    """An HTTP authentication scheme in the OpenAPI schema (``scheme``, ``description``).
+
+    Matches nothing itself (no ``target_class``); each subclass names its authentication.
+    """
+
+    scheme = ""
+    description = ""
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {"type": "http", "scheme": self.scheme, "description": self.description}
+
+
+class BearerTokenScheme(_HttpScheme):
     """Describes the Bearer token in the OpenAPI schema."""
 
     target_class = "cdrs.auth.BearerTokenAuthentication"
     name = "bearerAuth"
-
-    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
-        return {
-            "type": "http",
-            "scheme": "bearer",
-            "description": "Authorization: Bearer cdr_<prefix>_<secret> (manage.py create_token)",
-        }
+    scheme = "bearer"
+    description = "Authorization: Bearer cdr_<prefix>_<secret> (manage.py create_token)"
 
 
 class BearerTokenAuthentication(BaseAuthentication):
@@ -135,19 +143,16 @@ def _authenticate_token(request: Request, plain: str) -> tuple[Any, ApiToken]:
     return token.user, token
 
 
-class BasicTokenScheme(OpenApiAuthenticationExtension):
+class BasicTokenScheme(_HttpScheme):
     """Describes HTTP Basic with the token as the password in the OpenAPI schema."""
 
     target_class = "cdrs.auth.BasicTokenAuthentication"
     name = "basicAuth"
-
-    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
-        return {
-            "type": "http",
-            "scheme": "basic",
-            "description": "HTTP Basic: any user name, an API token as the password "
-            "(for PBXs that can only send Basic; the PortSIP webhook only)",
-        }
+    scheme = "basic"
+    description = (
+        "HTTP Basic: any user name, an API token as the password "
+        "(for PBXs that can only send Basic; the PortSIP webhook only)"
+    )
 
 
 class BasicTokenAuthentication(BaseAuthentication):

@@ -1,9 +1,6 @@
 """Streaming CSV and NDJSON writers for the export (and their inverse for import).
 
-CSV is RFC 4180 (``csv`` module, CRLF line ends) and spreadsheet-safe: a cell starting with
-``= + - @``, tab, CR or an apostrophe gets one leading apostrophe, so no spreadsheet
-evaluates it. ``import_cdrs`` removes exactly one leading apostrophe from every CSV cell,
-which restores the original value (an original leading apostrophe was doubled on export).
+Rows take their wire form, and CSV its dialect, from ``cdrs/wire.py``.
 
 Every export ends with a trailer that says it is complete and how many CDRs it holds: the
 NDJSON line ``{"export_complete":true,"rows":N}``, the CSV line ``#export_complete rows=N``
@@ -15,18 +12,16 @@ connection closing) never ends with one. ``import_cdrs`` checks it.
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from collections.abc import Generator, Iterable, Iterator
-from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdrs import heartbeat, jsonenc
-from cdrs.api.serializers import cdr_item
+from cdrs.wire import CsvLines, cdr_item, csv_cell, csv_writer
 
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "'")
-ESCAPE = "'"
+if TYPE_CHECKING:
+    from cdrs.selectors import CdrRow
+
 TRAILER_KEY = "export_complete"
 _CSV_TRAILER_RE = re.compile(r"#export_complete rows=(0|[1-9][0-9]{0,17})")
 
@@ -56,32 +51,6 @@ def csv_trailer_rows(cells: list[str]) -> int | None:
     return int(match.group(1))
 
 
-def csv_escape(value: str) -> str:
-    return ESCAPE + value if value.startswith(FORMULA_PREFIXES) else value
-
-
-def csv_unescape(value: str) -> str:
-    return value[1:] if value.startswith(ESCAPE) else value
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, Decimal):
-        return csv_escape(format(value, "f"))
-    return csv_escape(str(value))
-
-
-class _Line(io.StringIO):
-    """A csv.writer target that hands back each written line."""
-
-    def pop(self) -> str:
-        text = self.getvalue()
-        self.seek(0)
-        self.truncate()
-        return text
-
-
 def _close(rows: Iterable[Any]) -> None:
     """End the rows' generator (and the export's transaction inside it) with the stream."""
     close = getattr(rows, "close", None)
@@ -90,19 +59,19 @@ def _close(rows: Iterable[Any]) -> None:
 
 
 def csv_lines(
-    fields: tuple[str, ...], rows: Iterable[dict[str, Any]]
+    fields: tuple[str, ...], rows: Iterable[CdrRow | dict[str, Any]]
 ) -> Generator[bytes, None, None]:
     """The header, the rows, the trailer. The first chunk holds rows (or the trailer): the
     database has answered before anything is sent (see ``StartedStream``)."""
-    buffer = _Line()
-    writer = csv.writer(buffer, lineterminator="\r\n")
+    buffer = CsvLines()
+    writer = csv_writer(buffer)
     writer.writerow(fields)
     batch: list[str] = [buffer.pop()]
     count = 0
     try:
         for row in rows:
             item = cdr_item(row)
-            writer.writerow([_cell(item[name]) for name in fields])
+            writer.writerow([csv_cell(item[name]) for name in fields])
             batch.append(buffer.pop())
             count += 1
             if len(batch) >= 500:
@@ -115,7 +84,7 @@ def csv_lines(
         _close(rows)
 
 
-def ndjson_lines(rows: Iterable[dict[str, Any]]) -> Generator[bytes, None, None]:
+def ndjson_lines(rows: Iterable[CdrRow | dict[str, Any]]) -> Generator[bytes, None, None]:
     """One CDR object a line, then the trailer line."""
     batch: list[bytes] = []
     count = 0

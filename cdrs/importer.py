@@ -37,10 +37,11 @@ from typing import IO, Any
 from django.db import connection, transaction
 
 from cdrs import services
-from cdrs.export import ESCAPE, csv_trailer_rows, ndjson_trailer_rows
+from cdrs.export import csv_trailer_rows, ndjson_trailer_rows
 from cdrs.fields import ALL_FIELD_NAMES
-from cdrs.validation import CdrInvalid, validate_cdr
+from cdrs.validation import validate_batch
 from cdrs.values import loads_json
+from cdrs.wire import ESCAPE
 
 BATCH_ROWS = 10_000
 # Rows created by one import_cdrs run from which it ANALYZEs the table on PostgreSQL. Before
@@ -202,7 +203,7 @@ def iter_csv(stream: IO[bytes]) -> Iterator[Record]:
         if len(cells) != width:
             yield start, None, f"expected {width} cells, found {len(cells)}"
             continue
-        # csv_unescape, inlined: this runs for every cell of every row (width checked above).
+        # Undo csv_escape, inlined: this runs for every cell of every row (width checked above).
         row = {h: c[1:] if c[:1] == ESCAPE else c for h, c in zip(header, cells, strict=False)}
         yield start, row, None
 
@@ -257,7 +258,7 @@ def checked_trailers(records: Iterator[Record], *, required: bool) -> Iterator[R
 
 def _load_batch(rows: list[dict[str, Any]]) -> tuple[int, int]:
     """Store one batch through the same service as the API's ingest (COPY on PostgreSQL)."""
-    result = services.cdr_ingest(rows)
+    result = services.cdr_ingest(rows=rows)
     return result.created, result.duplicates
 
 
@@ -269,25 +270,43 @@ def _validated_batches(
     stats: ImportStats,
     on_reject: Callable[[int, dict[str, str], Any], None] | None,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Parse and validate records into batches of clean rows; rejects are counted here."""
+    """Parse and validate records into batches of clean rows; rejects are counted here.
+
+    Parsed records wait in ``pending`` until they could fill the batch, then go through
+    ``validate_batch`` together; a record that did not parse first flushes them, so
+    rejects are reported in file order and every batch but the last has ``batch_rows``.
+    """
     batch: list[dict[str, Any]] = []
+    pending: list[tuple[int, Any]] = []
+
+    def reject(line: int, error_map: dict[str, str], obj: Any) -> None:
+        stats.rejected += 1
+        if len(stats.rejects) < 1000:
+            stats.rejects.append((line, error_map))
+        if on_reject:
+            on_reject(line, error_map, obj)
+
+    def flush() -> None:
+        rows, bad = validate_batch([obj for _, obj in pending], text=text_mode)
+        batch.extend(rows)
+        for index, error_map in bad:
+            line, obj = pending[index]
+            reject(line, error_map, obj)
+        pending.clear()
+
     for line, obj, error in records:
         stats.read += 1
-        error_map: dict[str, str] = {"record": error} if error is not None else {}
-        if error is None:
-            try:
-                batch.append(validate_cdr(obj, text=text_mode))
-            except CdrInvalid as exc:
-                error_map = exc.errors
-        if error_map:
-            stats.rejected += 1
-            if len(stats.rejects) < 1000:
-                stats.rejects.append((line, error_map))
-            if on_reject:
-                on_reject(line, error_map, obj)
-        if len(batch) >= batch_rows:
-            yield batch
-            batch = []
+        if error is not None:
+            flush()
+            reject(line, {"record": error}, obj)
+            continue
+        pending.append((line, obj))
+        if len(batch) + len(pending) >= batch_rows:
+            flush()
+            if len(batch) >= batch_rows:
+                yield batch
+                batch = []
+    flush()
     if batch:
         yield batch
 

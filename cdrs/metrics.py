@@ -43,13 +43,15 @@ from time import perf_counter
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
+from django.core.exceptions import MiddlewareNotUsed
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from cdrs.net import IPAddress, IPNetwork, parse_networks
 
 MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 
@@ -210,24 +212,10 @@ def count_portsip_event(event_type: str, outcome: str) -> None:
 
 # --- /metrics ---
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
 
 @functools.lru_cache(maxsize=8)
 def _parse_allow(raw: str) -> tuple[IPNetwork, ...]:
-    networks: list[IPNetwork] = []
-    for item in raw.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError as exc:
-            raise ImproperlyConfigured(
-                f"CDR_METRICS_ALLOW: {item!r} is not an IP address or CIDR network"
-            ) from exc
-    return tuple(networks)
+    return parse_networks(raw.split(","), setting="CDR_METRICS_ALLOW")
 
 
 def allowed_networks() -> tuple[IPNetwork, ...]:

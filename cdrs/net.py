@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Iterable
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -18,17 +19,25 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-@functools.lru_cache(maxsize=8)
-def _networks(raw: tuple[str, ...]) -> tuple[IPNetwork, ...]:
-    networks = []
-    for item in raw:
+def parse_networks(items: Iterable[str], *, setting: str) -> tuple[IPNetwork, ...]:
+    """IP addresses or CIDR networks (blank items skipped); ImproperlyConfigured, naming
+    ``setting``, for anything else."""
+    networks: list[IPNetwork] = []
+    for item in items:
+        if not item.strip():
+            continue
         try:
             networks.append(ipaddress.ip_network(item.strip(), strict=False))
         except ValueError as exc:
             raise ImproperlyConfigured(
-                f"CDR_TRUSTED_PROXIES: {item!r} is not an IP address or CIDR network"
+                f"{setting}: {item.strip()!r} is not an IP address or CIDR network"
             ) from exc
     return tuple(networks)
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(raw: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    return parse_networks(raw, setting="CDR_TRUSTED_PROXIES")
 
 
 def trusted_proxy_networks() -> tuple[IPNetwork, ...]:

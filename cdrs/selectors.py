@@ -5,9 +5,10 @@ The only module that builds CDR querysets for the API and the export.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from decimal import Decimal
+from typing import Any, TypedDict, cast
 
 from django.db import connection, transaction
 from django.db.models import F, Func, IntegerField, OrderBy, Q, QuerySet
@@ -22,9 +23,40 @@ from cdrs.query.options import ListOptions
 from cdrs.query.orderby import OrderTerm
 
 
+class CdrRow(TypedDict, total=False):
+    """A CDR as the selectors return it: the fields the token may see, in spine order
+    (``cdrs/fields.py``), timestamps as RFC 3339 text; the id still an integer."""
+
+    id: int
+    caller: str
+    caller_domain: str
+    caller_display_name: str
+    callee: str
+    callee_domain: str
+    callee_display_name: str
+    started_at: str
+    rang_at: str | None
+    answered_at: str | None
+    ended_at: str
+    call_id: str
+    direction: str
+    end_reason: str
+    reroute_reason: str
+    status_code: int
+    destination: str
+    outbound_caller_id: str
+    did_cid: str
+    trunk: str
+    duration: int
+    cost: Decimal | None  # billing scope only
+    billed_account: str  # billing scope only
+    service_number: str
+    user_data: str
+
+
 @dataclass(frozen=True)
 class CdrPage:
-    rows: list[dict[str, Any]]
+    rows: list[CdrRow]
     count: int
     next_cursor: str | None
 
@@ -34,8 +66,8 @@ def _columns(names: tuple[str, ...]) -> list[Any]:
     return [Rfc3339(n) if n in TIMESTAMP_FIELD_NAMES else n for n in names]
 
 
-def _as_dicts(names: tuple[str, ...], rows: Any) -> Iterator[dict[str, Any]]:
-    return (dict(zip(names, row, strict=True)) for row in rows)
+def _as_dicts(names: tuple[str, ...], rows: Any) -> Iterator[CdrRow]:
+    return (cast(CdrRow, dict(zip(names, row, strict=True))) for row in rows)
 
 
 def _domains_q(domains: Sequence[str]) -> Q:
@@ -44,14 +76,14 @@ def _domains_q(domains: Sequence[str]) -> Q:
     return Q(caller_domain__lower__in=list(domains)) | Q(callee_domain__lower__in=list(domains))
 
 
-def domain_q(token: ApiToken) -> Q:
+def domain_q(*, token: ApiToken) -> Q:
     """CDRs a domain-limited token may see (caller or callee domain in its set)."""
     return _domains_q(token.domains or ())
 
 
-def cdrs_for_token(token: ApiToken) -> QuerySet[Cdr]:
+def cdrs_for_token(*, token: ApiToken) -> QuerySet[Cdr]:
     """Every CDR the token may see."""
-    return Cdr.objects.filter(domain_q(token))
+    return Cdr.objects.filter(domain_q(token=token))
 
 
 def _order_by(order: tuple[OrderTerm, ...]) -> list[OrderBy]:
@@ -64,7 +96,7 @@ def _order_by(order: tuple[OrderTerm, ...]) -> list[OrderBy]:
 
 
 def _filtered(token: ApiToken, options: ListOptions) -> QuerySet[Cdr]:
-    return cdrs_for_token(token).filter(options.where)
+    return cdrs_for_token(token=token).filter(options.where)
 
 
 def _unfiltered(token: ApiToken, options: ListOptions) -> bool:
@@ -113,53 +145,20 @@ def _page_queryset(
     return qs.order_by(*order).values_list(*_columns(LIST_FIELDS))[window]
 
 
-def cdr_page_queryset(token: ApiToken, options: ListOptions) -> QuerySet[Cdr, Any]:
+def cdr_page_queryset(*, token: ApiToken, options: ListOptions) -> QuerySet[Cdr, Any]:
     """The query behind one list page (rows of LIST_FIELDS); one row more than ``top``."""
     return _page_queryset(token.domains or (), options.where, options, options.after)
-
-
-def _shaped_rows(
-    token: ApiToken,
-    options: ListOptions,
-    kind: tuple[Any, ...],
-    make: Callable[[Sequence[str], Q, list[Any] | None], QuerySet[Cdr, Any]],
-    *,
-    keyset: bool,
-) -> list[Any]:
-    """Rows of ``make(domains, where, after)``, its SQL compiled once per query shape.
-
-    ``kind`` names what ``make`` builds beyond the token's domains, the filter and (with
-    ``keyset``) the cursor position, which are the values that vary between requests.
-    """
-    domains = list(token.domains or ())
-    after_values = options.after if keyset else None
-    where = compiled.q_shape(options.where)
-    after = compiled.values_shape(after_values or [])
-    if where is None or after is None:
-        return list(make(domains, options.where, after_values))
-    key = (kind, len(domains), where[0], after_values is None, after[0])
-    n_domains, n_where = len(domains), len(where[1])
-
-    def build(values: Sequence[Any]) -> QuerySet[Cdr, Any]:
-        rest = iter(values[n_domains + n_where :])
-        position = (
-            None if after_values is None else [v if v is None else next(rest) for v in after_values]
-        )
-        filled = compiled.q_fill(options.where, iter(values[n_domains : n_domains + n_where]))
-        return make(values[:n_domains], filled, position)
-
-    return compiled.fetch_rows(key, build, [*domains, *where[1], *after[1]])
 
 
 def _page_rows(token: ApiToken, options: ListOptions) -> list[Any]:
     """The rows of ``cdr_page_queryset``."""
     kind = ("page", LIST_FIELDS, tuple(map(str, options.order)), options.top, options.skip)
-    return _shaped_rows(
-        token,
-        options,
+    return compiled.fetch_shaped(
         kind,
         lambda domains, where, after: _page_queryset(domains, where, options, after),
-        keyset=True,
+        domains=token.domains or (),
+        where=options.where,
+        after=options.after,
     )
 
 
@@ -169,9 +168,6 @@ class _CountAll(Func):
     template = "COUNT(*)"
     output_field = IntegerField()
 
-    def __init__(self) -> None:
-        super().__init__()
-
 
 def _filtered_count(token: ApiToken, options: ListOptions) -> int:
     """``_filtered(token, options).count()``."""
@@ -179,11 +175,11 @@ def _filtered_count(token: ApiToken, options: ListOptions) -> int:
     def make(domains: Sequence[str], where: Q, _after: Any) -> QuerySet[Cdr, Any]:
         return Cdr.objects.filter(_domains_q(domains)).filter(where).values_list(_CountAll())
 
-    rows = _shaped_rows(token, options, ("count",), make, keyset=False)
+    rows = compiled.fetch_shaped(("count",), make, domains=token.domains or (), where=options.where)
     return int(rows[0][0]) if rows else 0
 
 
-def cdr_list(token: ApiToken, options: ListOptions) -> CdrPage:
+def cdr_list(*, token: ApiToken, options: ListOptions) -> CdrPage:
     """One page of CDRs for GET /api/cdrs, with the count and the next cursor."""
     count = -1
     if options.count:
@@ -196,28 +192,29 @@ def cdr_list(token: ApiToken, options: ListOptions) -> CdrPage:
     return CdrPage(rows=rows, count=count, next_cursor=next_cursor)
 
 
-def cdr_get(token: ApiToken, cdr_id: int) -> dict[str, Any] | None:
-    """One CDR as a dict of the fields the token may see, or None (also outside its domains)."""
+def cdr_get(*, token: ApiToken, cdr_id: int) -> CdrRow | None:
+    """One CDR with the fields the token may see, or None (also outside its domains)."""
     fields = visible_field_names(billing=token.scope_billing)
-    domains = list(token.domains or ())
 
-    def build(values: Sequence[Any]) -> QuerySet[Cdr, Any]:
-        qs = Cdr.objects.filter(_domains_q(values[1:])).filter(pk=values[0])
+    def make(domains: Sequence[str], where: Q, _after: Any) -> QuerySet[Cdr, Any]:
+        qs = Cdr.objects.filter(_domains_q(domains)).filter(where)
         return qs.values_list(*_columns(fields))[:1]
 
-    found = compiled.fetch_rows(("detail", fields, len(domains)), build, [cdr_id, *domains])
+    found = compiled.fetch_shaped(
+        ("detail", fields), make, domains=token.domains or (), where=Q(pk=cdr_id)
+    )
     return next(_as_dicts(fields, found), None)
 
 
 def cdr_export_rows(
-    token: ApiToken, options: ListOptions, *, chunk_size: int = 2000
-) -> Iterator[dict[str, Any]]:
+    *, token: ApiToken, options: ListOptions, chunk_size: int = 2000
+) -> Iterator[CdrRow]:
     """Every matching CDR, streamed (server-side cursor on PostgreSQL)."""
     fields = visible_field_names(billing=token.scope_billing)
     qs = _filtered(token, options).order_by(*_order_by(options.order))
     rows = qs.values_list(*_columns(fields))
 
-    def stream() -> Iterator[dict[str, Any]]:
+    def stream() -> Iterator[CdrRow]:
         # In a transaction Django declares the server-side cursor WITHOUT HOLD, so PostgreSQL
         # hands rows over as they are fetched; outside one, a WITH HOLD cursor is computed in
         # full at its first commit, and the first byte would wait for the whole export.

@@ -167,7 +167,7 @@ def _stored_ids(rows: Sequence[dict[str, Any]]) -> tuple[dict[int, bool], dict[A
     return by_id, by_key
 
 
-def cdr_ingest(rows: list[dict[str, Any]]) -> IngestResult:
+def cdr_ingest(*, rows: list[dict[str, Any]]) -> IngestResult:
     """Store validated CDRs (from ``validate_cdr``), all-or-nothing, skipping duplicates.
 
     A CDR is a duplicate when its id, or (without an id) its natural key, is already stored
@@ -266,7 +266,7 @@ def scoped_natural_key(plain_key: str, row: dict[str, Any]) -> str:
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
-def cdr_ingest_for_token(rows: Sequence[dict[str, Any]], *, token: ApiToken) -> IngestResult:
+def cdr_ingest_for_token(*, rows: Sequence[dict[str, Any]], token: ApiToken) -> IngestResult:
     """``cdr_ingest`` for a client's token: a domain-limited token stays inside its domains.
 
     Raises ``OutsideTokenDomains`` (before writing anything) when a CDR has neither
@@ -276,7 +276,7 @@ def cdr_ingest_for_token(rows: Sequence[dict[str, Any]], *, token: ApiToken) -> 
     """
     domains = set(token.domains or ())
     if not domains:
-        return cdr_ingest(list(rows))
+        return cdr_ingest(rows=list(rows))
     outside = [i for i, row in enumerate(rows) if not domains.intersection(_lower_domains(row))]
     if outside:
         raise OutsideTokenDomains(outside)
@@ -287,12 +287,12 @@ def cdr_ingest_for_token(rows: Sequence[dict[str, Any]], *, token: ApiToken) -> 
     plain_keys = [row["natural_key"] for row in rows]
     with transaction.atomic():
         given = {row["id"] for row in rows if row["id"] is not None}
-        own_ids = set(cdrs_for_token(token).filter(pk__in=given).values_list("pk", flat=True))
+        own_ids = set(cdrs_for_token(token=token).filter(pk__in=given).values_list("pk", flat=True))
         for row in rows:
             if row["id"] not in own_ids:
                 row["id"] = None
         kept_ids = [row["id"] for row in rows]
-        result = cdr_ingest(rows)
+        result = cdr_ingest(rows=rows)
         pending: list[int] = list(range(len(rows)))
         for _attempt in range(3):
             # A row answered with another CDR's id matched it by natural key (an own id is
@@ -308,7 +308,7 @@ def cdr_ingest_for_token(rows: Sequence[dict[str, Any]], *, token: ApiToken) -> 
             for i in other:
                 rows[i]["natural_key"] = scoped_natural_key(plain_keys[i], rows[i])
                 rows[i]["id"] = kept_ids[i]
-            again = cdr_ingest([rows[i] for i in other])
+            again = cdr_ingest(rows=[rows[i] for i in other])
             for position, i in enumerate(other):
                 result.ids[i] = again.ids[position]
             result.created += again.created

@@ -79,51 +79,53 @@ class _EpochSeconds(Func):
         )
 
 
-class _FloorDiv(Func):
-    """floor(a / n) for an integer a and a positive integer constant n, on both backends."""
+_Compiled = tuple[str, list[Any]]
+
+
+class _IntegerArithmetic(Func):
+    """An integer expression whose SQL ``arithmetic`` writes from its compiled arguments."""
 
     output_field = IntegerField()
+
+    def as_sql(
+        self,
+        compiler: SQLCompiler,
+        connection: BaseDatabaseWrapper,
+        function: str | None = None,
+        template: str | None = None,
+        arg_joiner: str | None = None,
+        **extra: Any,
+    ) -> Any:
+        args = [compiler.compile(e) for e in self.source_expressions]
+        return self.arithmetic(*[(sql, list(params)) for sql, params in args])
+
+    def arithmetic(self, *args: _Compiled) -> _Compiled:
+        raise NotImplementedError
+
+
+class _FloorDiv(_IntegerArithmetic):
+    """floor(a / n) for an integer a and a positive integer constant n, on both backends."""
 
     def __init__(self, expression: Any, divisor: int) -> None:
         super().__init__(expression)
         self.divisor = int(divisor)
 
-    def as_sql(
-        self,
-        compiler: SQLCompiler,
-        connection: BaseDatabaseWrapper,
-        function: str | None = None,
-        template: str | None = None,
-        arg_joiner: str | None = None,
-        **extra: Any,
-    ) -> Any:
-        sql, params = compiler.compile(self.source_expressions[0])
-        n = self.divisor
+    def arithmetic(self, *args: _Compiled) -> _Compiled:
+        (sql, params), n = args[0], self.divisor
         # Integer division truncates toward zero; one less for negative remainders.
         floor = f"(({sql}) / {n} - CASE WHEN ({sql}) %% {n} < 0 THEN 1 ELSE 0 END)"
         return floor, [*params, *params]
 
 
-class _PddSeconds(Func):
+class _PddSeconds(_IntegerArithmetic):
     """answered_at − rang_at in seconds when both are known, else NULL."""
-
-    output_field = IntegerField()
 
     def __init__(self) -> None:
         super().__init__(_EpochSeconds(F("answered_at")), _EpochSeconds(F("rang_at")))
 
-    def as_sql(
-        self,
-        compiler: SQLCompiler,
-        connection: BaseDatabaseWrapper,
-        function: str | None = None,
-        template: str | None = None,
-        arg_joiner: str | None = None,
-        **extra: Any,
-    ) -> Any:
+    def arithmetic(self, *args: _Compiled) -> _Compiled:
         # NULL when either is NULL: SQL arithmetic with NULL is NULL.
-        answered, a_params = compiler.compile(self.source_expressions[0])
-        rang, r_params = compiler.compile(self.source_expressions[1])
+        (answered, a_params), (rang, r_params) = args
         return f"({answered}) - ({rang})", [*a_params, *r_params]
 
 
@@ -424,7 +426,7 @@ def cdr_stats(
         and all(d in rollup.DIMENSIONS for d in dims)
         and (slot is None or slot == 3600)
     )
-    scope = domain_q(token) if token is not None else Q()
+    scope = domain_q(token=token) if token is not None else Q()
     # Nothing but time: the per-hour totals (a month is ~744 rows, not ~170,000).
     hours_only = not dims and not scope and all(_split(key)[0] == "started_at" for key, _ in leaves)
     source = "direct"
@@ -435,7 +437,7 @@ def cdr_stats(
         rows = _rollup_rows(model, scope, rollup_where, dims, slot is not None)
         slot_len = 3600
     else:
-        base = cdrs_for_token(token) if token is not None else Cdr.objects.all()
+        base = cdrs_for_token(token=token) if token is not None else Cdr.objects.all()
         rows = _direct_rows(base.filter(options.where), dims, slot)
         slot_len = slot or 0
 

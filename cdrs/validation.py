@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final
@@ -33,7 +34,6 @@ from cdrs.values import (
 # Model columns written on insert, in a fixed order (the CSV/COPY column order too).
 INSERT_COLUMNS: tuple[str, ...] = (*(f.name for f in CDR_FIELDS), "natural_key")
 
-_MAX_INT64 = 2**63 - 1
 # The accepted started_at range (README, "Hostile input"): from the Unix epoch to the last
 # second a snowflake id can encode, with or without an id, so every stored CDR could also
 # have been sent without one.
@@ -223,3 +223,20 @@ def validate_cdr(obj: Any, *, text: bool = False) -> dict[str, Any]:
         row["call_id"], row["started_at"], row["caller"], row["callee"]
     )
     return row
+
+
+def validate_batch(
+    items: Sequence[Any], *, text: bool = False
+) -> tuple[list[dict[str, Any]], list[tuple[int, dict[str, str]]]]:
+    """Every item through ``validate_cdr``, not stopping at the first bad one.
+
+    Returns the clean rows in order and, for each invalid item, its index and its errors.
+    """
+    rows: list[dict[str, Any]] = []
+    bad: list[tuple[int, dict[str, str]]] = []
+    for index, item in enumerate(items):
+        try:
+            rows.append(validate_cdr(item, text=text))
+        except CdrInvalid as exc:
+            bad.append((index, exc.errors))
+    return rows, bad

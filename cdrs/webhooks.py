@@ -139,7 +139,7 @@ def receive_portsip_event(text: str, event: Any, *, token: ApiToken) -> WebhookO
         metrics.count_portsip_event(label, "dead_lettered")
         return WebhookOutcome(event_type=_sent_type(event), dead_letter=letter)
     try:
-        result = cdr_ingest_for_token([row], token=token)
+        result = cdr_ingest_for_token(rows=[row], token=token)
     except OutsideTokenDomains:
         metrics.count_portsip_event(label, "forbidden")
         log.warning(
@@ -193,7 +193,7 @@ def replay_dead_letter(pk: int) -> ReplayOutcome:
         sender = ApiToken(prefix=letter.token_prefix, domains=letter.token_domains)
         try:
             _text, event = parse_event(letter.body.encode("utf-8"))
-            result = cdr_ingest_for_token([_cdr_row(event)], token=sender)
+            result = cdr_ingest_for_token(rows=[_cdr_row(event)], token=sender)
         except EventRejected as exc:
             letter.error = exc.entry
         except OutsideTokenDomains:

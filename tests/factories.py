@@ -49,7 +49,7 @@ def cdr_payload(**overrides: Any) -> dict[str, Any]:
 
 def create_cdrs(*payloads: dict[str, Any]) -> list[int]:
     """Store CDRs through the ingest service; returns their integer ids in order."""
-    return cdr_ingest([validate_cdr(dict(p)) for p in payloads]).ids
+    return cdr_ingest(rows=[validate_cdr(dict(p)) for p in payloads]).ids
 
 
 def create_cdr(**overrides: Any) -> int:

@@ -22,3 +22,9 @@ def test_model_limits_match_the_spine() -> None:
         assert field.null == spec.nullable, spec.name
         if spec.max_length is not None:
             assert field.max_length == spec.max_length, spec.name
+
+
+def test_selector_rows_are_typed_with_the_spine_fields_in_order() -> None:
+    from cdrs.selectors import CdrRow
+
+    assert tuple(CdrRow.__annotations__) == ALL_FIELD_NAMES

@@ -17,12 +17,12 @@ from django.core.management import call_command
 from django.db import connection
 
 from cdrs import jsonenc
-from cdrs.export import csv_escape
 from cdrs.fields import ALL_FIELD_NAMES
 from cdrs.generator import generate_cdrs
 from cdrs.ids import encode_id
 from cdrs.models import Cdr
 from cdrs.selectors import cdr_total
+from cdrs.wire import csv_escape
 from tests.factories import cdr_payload
 
 pytestmark = pytest.mark.django_db

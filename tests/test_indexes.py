@@ -37,7 +37,7 @@ def big_table(tmp_path: Path):
 
 def plan(token, **params: str) -> str:
     options = parse_list_options({k: [v] for k, v in params.items()}, billing=False)
-    return cdr_page_queryset(token, options).explain()
+    return cdr_page_queryset(token=token, options=options).explain()
 
 
 def test_list_queries_use_indexes_not_sequential_scans(big_table):
@@ -55,7 +55,8 @@ def test_list_queries_use_indexes_not_sequential_scans(big_table):
     # A page 150,000 rows deep, by cursor: fetch its position once, then explain the page.
     with override_settings(CDR_MAX_SKIP=ROWS):  # past the API's skip cap, on purpose
         options = parse_list_options({"top": ["1"], "skip": ["150000"]}, billing=False)
-    deep_row = dict(zip(LIST_FIELDS, next(iter(cdr_page_queryset(token, options))), strict=True))
+    page = cdr_page_queryset(token=token, options=options)
+    deep_row = dict(zip(LIST_FIELDS, next(iter(page)), strict=True))
     cursor = encode_cursor(options.fingerprint, options.order, deep_row)
     plans["deep cursor page"] = plan(token, cursor=cursor)
     for name, text in plans.items():

@@ -14,6 +14,14 @@ from cdrs.api.errors import PayloadTooLarge
 from cdrs.values import loads_json
 
 
+def _read_bounded(stream: IO[bytes] | None, limit: int) -> bytes:
+    """The whole body, or PayloadTooLarge (413) as soon as it is longer than ``limit``."""
+    raw = stream.read(limit + 1) if stream is not None else b""
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    return raw
+
+
 class DecimalJSONParser(BaseParser):
     media_type = "application/json"
 
@@ -23,10 +31,7 @@ class DecimalJSONParser(BaseParser):
         media_type: str | None = None,
         parser_context: Mapping[str, Any] | None = None,
     ) -> Any:
-        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        raw = stream.read(limit + 1) if stream is not None else b""
-        if len(raw) > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        raw = _read_bounded(stream, settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
         try:
             return loads_json(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
@@ -51,8 +56,4 @@ class RawBodyParser(BaseParser):
         media_type: str | None = None,
         parser_context: Mapping[str, Any] | None = None,
     ) -> bytes:
-        limit = settings.CDR_WEBHOOK_MAX_BODY_BYTES
-        raw = stream.read(limit + 1) if stream is not None else b""
-        if len(raw) > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-        return raw
+        return _read_bounded(stream, settings.CDR_WEBHOOK_MAX_BODY_BYTES)

@@ -17,6 +17,7 @@ from rest_framework.request import Request
 
 from cdrs.api import serializers as s
 from cdrs.api.errors import error_body
+from cdrs.fields import PRIVATE_FIELD_NAMES, SEARCH_FIELD_NAMES
 from cdrs.query.filter import MAX_FILTER_LENGTH
 from cdrs.query.options import SEARCH_MAX
 
@@ -57,14 +58,14 @@ FILTER_PARAMETER = OpenApiParameter(
     "`contains(f,'x')`, `startswith(f,'x')`, `endswith(f,'x')` (case-sensitive), "
     "literals `'text'` ('' escapes a quote), integers, decimals, `null`, timestamps as "
     "quoted RFC 3339. Example: `caller eq '101' and started_at gt '2022-01-01T00:00:00Z'`."
-    f" At most {MAX_FILTER_LENGTH} characters; cost and billed_account need the billing "
-    "scope.",
+    f" At most {MAX_FILTER_LENGTH} characters; {' and '.join(PRIVATE_FIELD_NAMES)} need the "
+    "billing scope.",
 )
 SEARCH_PARAMETER = OpenApiParameter(
     "search",
     {"type": "string", "maxLength": SEARCH_MAX},
-    description="Case-insensitive substring over caller, "
-    "callee, display names, destination, did_cid, outbound_caller_id, call_id.",
+    description=f"Case-insensitive substring over {', '.join(SEARCH_FIELD_NAMES)}; at most "
+    f"{SEARCH_MAX} characters.",
 )
 
 

@@ -1,8 +1,8 @@
-"""Output shapes of a CDR, and the DRF serializers that describe them in the OpenAPI schema.
+"""The DRF serializers that describe a CDR's output shapes in the OpenAPI schema.
 
-The hot paths shape ``.values()`` dicts with ``cdr_item`` (no per-field serializer objects);
-the DRF serializers below are generated from the same field spine, so docs and responses
-cannot drift apart.
+The hot paths shape ``.values()`` dicts with ``cdrs.wire.cdr_item`` (no per-field serializer
+objects); the DRF serializers below are generated from the same field spine, so docs and
+responses cannot drift apart.
 """
 
 from __future__ import annotations
@@ -14,17 +14,6 @@ from rest_framework import serializers
 
 from cdrs.error_codes import ERROR_CODES
 from cdrs.fields import CDR_FIELDS, COST_DECIMAL_PLACES, COST_MAX_DIGITS, CdrField, Kind
-from cdrs.ids import encode_id
-
-
-def cdr_item(row: dict[str, Any]) -> dict[str, Any]:
-    """The wire form of a row from ``selectors`` (timestamps already RFC 3339 text).
-
-    Rows from selectors are fresh dicts, so the id is replaced in place (no copy per row).
-    """
-    row["id"] = encode_id(row["id"])
-    return row
-
 
 MAX_BATCH = 1000  # CDRs in one ingest request
 

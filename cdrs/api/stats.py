@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-from decimal import Decimal
 from typing import Any
 
 from django.http import HttpResponse
@@ -25,7 +22,6 @@ from cdrs.api.schema import (
     SEARCH_PARAMETER,
     error_response,
 )
-from cdrs.export import csv_escape
 from cdrs.fields import DIRECTIONS, END_REASONS
 from cdrs.query.options import OptionError, parse_list_options
 from cdrs.query.plain import PLAIN_FILTER_NAMES
@@ -37,6 +33,7 @@ from cdrs.query.stats_options import (
     split_stats_params,
 )
 from cdrs.stats import StatsResult, cdr_stats
+from cdrs.wire import CsvLines, csv_cell, csv_writer
 
 # --- OpenAPI description (schema only) -------------------------------------------------
 
@@ -152,17 +149,12 @@ def stats_csv(result: StatsResult, *, billing: bool) -> str:
     columns = [*result.group_by, "calls", "answered", "asr", "total_duration", "acd", "avg_pdd"]
     if billing:
         columns.append("cost")
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
+    buffer = CsvLines()
+    writer = csv_writer(buffer)
     writer.writerow(columns)
     for item in result.items:
         row = {**item["key"], **{k: v for k, v in item.items() if k != "key"}}
-        writer.writerow(
-            [
-                csv_escape(format(row[c], "f") if isinstance(row[c], Decimal) else str(row[c]))
-                for c in columns
-            ]
-        )
+        writer.writerow([csv_cell(row[c]) for c in columns])
     return buffer.getvalue()
 
 

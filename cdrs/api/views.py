@@ -31,17 +31,23 @@ from cdrs.api.schema import (
     error_response,
 )
 from cdrs.export import StartedStream, csv_lines, ndjson_lines
-from cdrs.fields import visible_field_names
+from cdrs.fields import (
+    ORDERABLE_FIELD_NAMES,
+    visible_field_names,
+)
 from cdrs.ids import InvalidId, decode_id_or_decimal, encode_id
-from cdrs.models import Cdr
+from cdrs.models import ApiToken, Cdr
 from cdrs.query.options import (
     TOP_DEFAULT,
     TOP_MAX,
+    ListOptions,
     OptionError,
     parse_list_options,
 )
+from cdrs.query.orderby import DEFAULT_ORDER
 from cdrs.query.plain import CdrPlainFilterSet
-from cdrs.validation import CdrInvalid, validate_cdr
+from cdrs.validation import validate_batch
+from cdrs.wire import cdr_item
 
 MAX_BATCH = s.MAX_BATCH
 
@@ -62,8 +68,8 @@ _QUERY_DOC = [
     OpenApiParameter(
         "orderby",
         str,
-        description="`field [asc|desc], ...` over started_at, ended_at, answered_at, duration, "
-        "caller, callee, status_code, id; ties broken by id. Default `started_at desc`.",
+        description=f"`field [asc|desc], ...` over {', '.join(ORDERABLE_FIELD_NAMES)}; ties "
+        f"broken by id. Default `{DEFAULT_ORDER[0]}`.",
     ),
     FILTER_PARAMETER,
     SEARCH_PARAMETER,
@@ -84,8 +90,7 @@ _ID_PARAM = OpenApiParameter(
 )
 
 
-def _options(request: Request, *, export: bool = False) -> Any:
-    token = token_of(request)
+def _options(request: Request, token: ApiToken, *, export: bool = False) -> ListOptions:
     try:
         return parse_list_options(
             dict(request.query_params.lists()), billing=token.scope_billing, export=export
@@ -119,11 +124,12 @@ class CdrViewSet(viewsets.ViewSet):
         responses={200: s.CdrListResponseSerializer, **COMMON_ERRORS},
     )
     def list(self, request: Request) -> Response:
-        page = selectors.cdr_list(token_of(request), _options(request))
+        token = token_of(request)
+        page = selectors.cdr_list(token=token, options=_options(request, token))
         return Response(
             {
                 "count": page.count,
-                "items": [s.cdr_item(row) for row in page.rows],
+                "items": [cdr_item(row) for row in page.rows],
                 "next_cursor": page.next_cursor,
             }
         )
@@ -141,10 +147,10 @@ class CdrViewSet(viewsets.ViewSet):
             cdr_id = decode_id_or_decimal(pk)
         except InvalidId as exc:
             raise NotFound("CDR not found") from exc
-        row = selectors.cdr_get(token_of(request), cdr_id)
+        row = selectors.cdr_get(token=token_of(request), cdr_id=cdr_id)
         if row is None:
             raise NotFound("CDR not found")
-        return Response({"items": [s.cdr_item(row)]})
+        return Response({"items": [cdr_item(row)]})
 
     @extend_schema(
         summary="Ingest CDRs",
@@ -173,13 +179,7 @@ class CdrViewSet(viewsets.ViewSet):
             raise ValidateFailed('body must be a CDR object or {"items": [...]}')
         if not 1 <= len(items) <= MAX_BATCH:
             raise ValidateFailed(f"items: between 1 and {MAX_BATCH} CDRs per request")
-        rows: list[dict[str, Any]] = []
-        bad: list[tuple[int, dict[str, str]]] = []
-        for index, item in enumerate(items):
-            try:
-                rows.append(validate_cdr(item))
-            except CdrInvalid as exc:
-                bad.append((index, exc.errors))
+        rows, bad = validate_batch(items)
         if bad:
             first_index, first_errors = bad[0]
             field, why = next(iter(first_errors.items()))
@@ -190,7 +190,7 @@ class CdrViewSet(viewsets.ViewSet):
             )
         token = token_of(request)
         try:
-            result = services.cdr_ingest_for_token(rows, token=token)
+            result = services.cdr_ingest_for_token(rows=rows, token=token)
         except services.OutsideTokenDomains as exc:
             from cdrs.api.errors import error_body
 
@@ -245,8 +245,8 @@ class CdrViewSet(viewsets.ViewSet):
     @action(detail=False, methods=["get"], url_path="export")
     def export(self, request: Request) -> StreamingHttpResponse:
         token = token_of(request)
-        options = _options(request, export=True)
-        rows = selectors.cdr_export_rows(token, options)
+        options = _options(request, token, export=True)
+        rows = selectors.cdr_export_rows(token=token, options=options)
         stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
         if options.export_format == "csv":
             fields = visible_field_names(billing=token.scope_billing)

@@ -13,12 +13,21 @@ nowhere else; when the ORM transforms a value (LIKE escaping for ``contains``, a
 turned into text on SQLite) or writes it into the SQL text, that shape is compiled per
 request, as before. Values that change the SQL itself (``None`` -> ``IS NULL``, booleans,
 list lengths, LIMIT/OFFSET) are part of the shape, never slots.
+
+The interface is ``fetch_shaped``: the caller hands over a function that builds the query
+from what varies (a token's domains, the rows' condition, a keyset position) and a key
+naming the rest; slots, stand-ins and the cache stay in here. ``stats`` counts how each
+query was answered, so tests can tell a reused shape from one silently compiled again.
+
+This reads SQL compiler internals (``as_sql`` parameter order, ``get_converters``), hence
+the pin to Django 5.2.x in requirements.txt.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -61,7 +70,7 @@ def _q_shape(q: Q, values: list[Any]) -> Hashable:
     return (q.connector, q.negated, tuple(parts))
 
 
-def q_shape(q: Q) -> tuple[Hashable, list[Any]] | None:
+def _shape_of_q(q: Q) -> tuple[Hashable, list[Any]] | None:
     """(shape, slot values in order) of a ``Q`` of plain lookups; None if it has others."""
     values: list[Any] = []
     try:
@@ -70,7 +79,7 @@ def q_shape(q: Q) -> tuple[Hashable, list[Any]] | None:
         return None
 
 
-def values_shape(items: Sequence[Any]) -> tuple[Hashable, list[Any]] | None:
+def _shape_of_values(items: Sequence[Any]) -> tuple[Hashable, list[Any]] | None:
     """(shape, slot values) of a flat list of values (a cursor position, say)."""
     values: list[Any] = []
     try:
@@ -79,22 +88,30 @@ def values_shape(items: Sequence[Any]) -> tuple[Hashable, list[Any]] | None:
         return None
 
 
-def q_fill(q: Q, values: Iterator[Any]) -> Q:
+def _values_fill(items: Sequence[Any], values: Iterator[Any]) -> list[Any]:
+    """``items`` with their slots (see ``_value_shape``) replaced by the next ``values``."""
+    return [_value_fill(v, values) for v in items]
+
+
+def _value_fill(value: Any, values: Iterator[Any]) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, list | tuple):
+        return [next(values) for _ in value]
+    return next(values)
+
+
+def _q_fill(q: Q, values: Iterator[Any]) -> Q:
     """``q`` with its slot values replaced, in order, by the next ones from ``values``."""
     filled = Q()
     filled.connector, filled.negated = q.connector, q.negated
     for child in q.children:
         if isinstance(child, Q):
-            filled.children.append(q_fill(child, values))
+            filled.children.append(_q_fill(child, values))
             continue
-        assert isinstance(child, tuple)  # q_shape accepted only Qs and (lookup, value)
+        assert isinstance(child, tuple)  # _shape_of_q accepted only Qs and (lookup, value)
         lookup, value = child
-        if value is None or isinstance(value, bool):
-            filled.children.append((lookup, value))
-        elif isinstance(value, list | tuple):
-            filled.children.append((lookup, [next(values) for _ in value]))
-        else:
-            filled.children.append((lookup, next(values)))
+        filled.children.append((lookup, _value_fill(value, values)))
     return filled
 
 
@@ -158,27 +175,88 @@ def _cache() -> dict[Hashable, _Compiled | None]:
     return cache
 
 
-def fetch_rows(
-    key: Hashable | None,
+@dataclass
+class Stats:
+    """Process-wide counts of how read queries were answered (for tests and diagnostics)."""
+
+    compiled: int = 0  # shapes compiled and kept
+    refused: int = 0  # shapes tried and found uncacheable (then compiled per request)
+    reused: int = 0  # queries answered with SQL kept for their shape
+    per_request: int = 0  # queries the ORM compiled for this request alone
+
+    def snapshot(self) -> Stats:
+        with _stats_lock:
+            return replace(self)
+
+
+stats = Stats()
+_stats_lock = threading.Lock()
+
+
+def _count(name: str) -> None:
+    with _stats_lock:
+        setattr(stats, name, getattr(stats, name) + 1)
+
+
+def _fetch_rows(
+    key: Hashable,
     build: Callable[[Sequence[Any]], QuerySet[Any, Any]],
     values: Sequence[Any],
 ) -> list[Any]:
     """Rows of the ``values_list`` query ``build(values)``, compiled once per ``key``.
 
     ``build`` must make the same query shape for any values (stand-ins included); ``key``
-    must name everything else the query depends on. ``key=None`` compiles per call.
+    must name everything else the query depends on.
     """
-    if key is None:
-        return list(build(values))
     cache = _cache()
     full_key = (connection.alias, connection.vendor, key)
-    if full_key not in cache:
+    if full_key in cache:
+        compiled = cache[full_key]
+        _count("per_request" if compiled is None else "reused")
+    else:
         stand_ins = [_stand_in(type(v), i) for i, v in enumerate(values)]
         try:
-            cache[full_key] = _Compiled(build(stand_ins), stand_ins)
+            compiled = cache[full_key] = _Compiled(build(stand_ins), stand_ins)
+            _count("compiled")
         except _Uncacheable:
-            cache[full_key] = None
-    compiled = cache[full_key]
+            compiled = cache[full_key] = None
+            _count("refused")
     if compiled is None:
         return list(build(values))
     return compiled.rows(values)
+
+
+Make = Callable[[Sequence[str], Q, list[Any] | None], QuerySet[Any, Any]]
+
+
+def fetch_shaped(
+    kind: Hashable,
+    make: Make,
+    *,
+    domains: Sequence[str],
+    where: Q,
+    after: list[Any] | None = None,
+) -> list[Any]:
+    """Rows of the ``values_list`` query ``make(domains, where, after)``, its SQL compiled
+    once per query shape.
+
+    The arguments of ``make`` are what varies between requests: a token's domains, the
+    rows' condition and a keyset position (None: no keyset condition). ``kind`` must name
+    everything else ``make`` builds into the query (fields, order, LIMIT/OFFSET).
+    """
+    domains = list(domains)
+    where_shape = _shape_of_q(where)
+    after_shape = _shape_of_values(after or [])
+    if where_shape is None or after_shape is None:
+        _count("per_request")
+        return list(make(domains, where, after))
+    key = (kind, len(domains), where_shape[0], after is None, after_shape[0])
+    n_domains, n_where = len(domains), len(where_shape[1])
+
+    def build(values: Sequence[Any]) -> QuerySet[Any, Any]:
+        rest = iter(values[n_domains + n_where :])
+        position = None if after is None else _values_fill(after, rest)
+        filled = _q_fill(where, iter(values[n_domains : n_domains + n_where]))
+        return make(values[:n_domains], filled, position)
+
+    return _fetch_rows(key, build, [*domains, *where_shape[1], *after_shape[1]])

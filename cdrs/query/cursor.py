@@ -7,6 +7,7 @@ SECRET_KEY), so a client can neither forge a position nor reuse a cursor with ot
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -46,7 +47,7 @@ def _unwire(field: str, value: Any) -> Any:
     return value
 
 
-def encode_cursor(fingerprint: str, order: tuple[OrderTerm, ...], row: dict[str, Any]) -> str:
+def encode_cursor(fingerprint: str, order: tuple[OrderTerm, ...], row: Mapping[str, Any]) -> str:
     """A cursor pointing just after ``row`` (which holds every ordering field)."""
     return signing.dumps(
         {"f": fingerprint, "v": [_wire(row[t.field]) for t in order]},

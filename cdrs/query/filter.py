@@ -31,6 +31,7 @@ answered_at is null. The result is built from field lookups only: no SQL text ev
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -230,18 +231,18 @@ class _Parser:
     # --- boolean structure -------------------------------------------------------------
 
     def _or(self) -> Q:
-        terms = [self._and()]
-        while self._lexer.peek().is_keyword("or"):
-            self._lexer.next()
-            terms.append(self._and())
-        return terms[0] if len(terms) == 1 else Q(*terms, _connector=Q.OR)
+        return self._joined("or", Q.OR, self._and)
 
     def _and(self) -> Q:
-        terms = [self._unary()]
-        while self._lexer.peek().is_keyword("and"):
+        return self._joined("and", Q.AND, self._unary)
+
+    def _joined(self, keyword: str, connector: str, operand: Callable[[], Q]) -> Q:
+        """``operand (keyword operand)*`` as one Q with ``connector``."""
+        terms = [operand()]
+        while self._lexer.peek().is_keyword(keyword):
             self._lexer.next()
-            terms.append(self._unary())
-        return terms[0] if len(terms) == 1 else Q(*terms, _connector=Q.AND)
+            terms.append(operand())
+        return terms[0] if len(terms) == 1 else Q(*terms, _connector=connector)
 
     def _unary(self) -> Q:
         tok = self._lexer.peek()
@@ -341,13 +342,18 @@ class _Parser:
             raise FilterError("null can only be compared with eq or ne", op.pos)
         return Q(**{f"{field.name}__isnull": op.text == "eq"})
 
-    def _function(self, name: _Token) -> Q:
-        call = f"{name.text}()"
+    def _expect(self, kind: _T, expected: str) -> _Token:
+        """The next token, which must be of ``kind``; else "expected ..., got ..."."""
         tok = self._lexer.next()
-        if tok.type is not _T.LPAREN:
+        if tok.type is not kind:
             if tok.type is _T.END:
                 raise _unexpected_end(tok)
-            raise FilterError(f"expected '(' after '{name.text}', got {_describe(tok)}", tok.pos)
+            raise FilterError(f"expected {expected}, got {_describe(tok)}", tok.pos)
+        return tok
+
+    def _function(self, name: _Token) -> Q:
+        call = f"{name.text}()"
+        self._expect(_T.LPAREN, f"'(' after '{name.text}'")
         field_tok = self._lexer.next()
         field = self._field(field_tok)
         if field.kind is not Kind.STRING:
@@ -355,24 +361,9 @@ class _Parser:
                 f"{call} needs a string field, '{field.name}' is {_kind_name(field)}",
                 field_tok.pos,
             )
-        tok = self._lexer.next()
-        if tok.type is not _T.COMMA:
-            if tok.type is _T.END:
-                raise _unexpected_end(tok)
-            raise FilterError(f"expected ',' after '{field.name}', got {_describe(tok)}", tok.pos)
-        needle = self._lexer.next()
-        if needle.type is not _T.STRING:
-            if needle.type is _T.END:
-                raise _unexpected_end(needle)
-            raise FilterError(
-                f"expected a string as the second argument of {call}, got {_describe(needle)}",
-                needle.pos,
-            )
-        tok = self._lexer.next()
-        if tok.type is not _T.RPAREN:
-            if tok.type is _T.END:
-                raise _unexpected_end(tok)
-            raise FilterError(f"expected ')' to close {call}, got {_describe(tok)}", tok.pos)
+        self._expect(_T.COMMA, f"',' after '{field.name}'")
+        needle = self._expect(_T.STRING, f"a string as the second argument of {call}")
+        self._expect(_T.RPAREN, f"')' to close {call}")
         return Q(**{f"{field.name}__{_FUNCTIONS[name.text]}": needle.text})
 
 

@@ -1,7 +1,10 @@
 """Turn untrusted list/export query strings into typed, validated options (no I/O).
 
 Every option is checked here; anything unknown, malformed or out of range raises
-``OptionError(option, message)``, which the API turns into 400 VALIDATE_FAILED.
+``OptionError(option, message)``, which the API turns into 400 VALIDATE_FAILED. The
+result carries the rows' condition as one ``Q``, built from the filter language
+(``query/filter.py``), the plain filters (``query/plain.py``) and the free-text search
+expression (``cdrs/search.py``, which lives beside the index it must match).
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from django.conf import settings
 from django.db.models import Q
 
 from cdrs.query.cursor import CursorError, decode_cursor
+from cdrs.query.filter import FilterError, compile_filter
 from cdrs.query.orderby import OrderbyError, OrderTerm, parse_orderby
 from cdrs.query.plain import PLAIN_FILTER_NAMES, PlainFilterError, plain_filter_q
+from cdrs.search import search_q
 from cdrs.values import parse_integer
 
 TOP_DEFAULT = 100
@@ -46,7 +51,8 @@ class ListOptions:
     export_format: str = "ndjson"
 
 
-def _single(params: Mapping[str, list[str]], name: str) -> str | None:
+def single_value(params: Mapping[str, list[str]], name: str) -> str | None:
+    """The one value of option ``name`` (None if absent); OptionError if repeated."""
     values = params.get(name)
     if not values:
         return None
@@ -56,7 +62,7 @@ def _single(params: Mapping[str, list[str]], name: str) -> str | None:
 
 
 def _int(params: Mapping[str, list[str]], name: str, default: int, lo: int, hi: int) -> int:
-    raw = _single(params, name)
+    raw = single_value(params, name)
     if raw is None:
         return default
     try:
@@ -69,8 +75,6 @@ def _int(params: Mapping[str, list[str]], name: str, default: int, lo: int, hi: 
 
 
 def _search_q(text: str) -> Q:
-    from cdrs.search import search_q  # the expression lives beside its index definition
-
     if len(text) > SEARCH_MAX:
         raise OptionError("search", f"at most {SEARCH_MAX} characters")
     if any(ord(c) < 32 for c in text):
@@ -89,7 +93,7 @@ def parse_list_options(
 
     opts = ListOptions()
     if export:
-        fmt = _single(params, "format") or "ndjson"
+        fmt = single_value(params, "format") or "ndjson"
         if fmt not in ("csv", "ndjson"):
             raise OptionError("format", "must be csv or ndjson")
         opts.export_format = fmt
@@ -103,30 +107,28 @@ def parse_list_options(
                 f"at most {settings.CDR_MAX_SKIP} rows; page deeper with next_cursor "
                 "(pass it back as cursor=, same filter and orderby)",
             )
-        count = _single(params, "count")
+        count = single_value(params, "count")
         if count not in (None, "true", "false"):
             raise OptionError("count", "must be true or false")
         opts.count = count != "false"
 
     try:
-        opts.order = parse_orderby(_single(params, "orderby"))
+        opts.order = parse_orderby(single_value(params, "orderby"))
     except OrderbyError as exc:
         raise OptionError("orderby", str(exc)) from exc
 
     where = Q()
-    filter_text = _single(params, "filter")
+    filter_text = single_value(params, "filter")
     if filter_text is not None:
-        from cdrs.query.filter import FilterError, compile_filter
-
         try:
             where &= compile_filter(filter_text, billing=billing)
         except FilterError as exc:
             raise OptionError("filter", str(exc)) from exc
-    search = _single(params, "search")
+    search = single_value(params, "search")
     if search is not None and search != "":
         where &= _search_q(search)
     plain_data = {
-        name: _single(params, name) or "" for name in PLAIN_FILTER_NAMES if name in params
+        name: single_value(params, name) or "" for name in PLAIN_FILTER_NAMES if name in params
     }
     try:
         where &= plain_filter_q(plain_data)
@@ -146,7 +148,7 @@ def parse_list_options(
     )
     opts.fingerprint = hashlib.sha256(identity.encode()).hexdigest()[:16]
 
-    cursor = None if export else _single(params, "cursor")
+    cursor = None if export else single_value(params, "cursor")
     if cursor is not None:
         if "skip" in params:
             raise OptionError("cursor", "cannot be combined with skip")

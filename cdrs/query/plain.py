@@ -24,7 +24,7 @@ from django.db.models import Q, QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 
-from cdrs.fields import DIRECTIONS, DURATION_MAX, END_REASONS
+from cdrs.fields import DIRECTIONS, DURATION_MAX, END_REASONS, FIELDS_BY_NAME
 from cdrs.models import Cdr
 from cdrs.values import parse_integer, parse_rfc3339
 
@@ -89,6 +89,11 @@ class IntegerFilter(django_filters.NumberFilter):
     field_class = AsciiIntegerField
 
 
+def _text(name: str) -> django_filters.CharFilter:
+    """Equality on the string field ``name``, no longer than the field itself."""
+    return django_filters.CharFilter(field_name=name, max_length=FIELDS_BY_NAME[name].max_length)
+
+
 def _choice(values: tuple[str, ...]) -> django_filters.ChoiceFilter:
     return django_filters.ChoiceFilter(choices=[(v, v) for v in values])
 
@@ -102,14 +107,14 @@ class CdrPlainFilterSet(django_filters.FilterSet):
     started_before = Rfc3339Filter(
         field_name="started_at", lookup_expr="lt", label="started_at < (RFC 3339)"
     )
-    caller = django_filters.CharFilter(field_name="caller", max_length=256)
-    callee = django_filters.CharFilter(field_name="callee", max_length=256)
-    call_id = django_filters.CharFilter(field_name="call_id", max_length=1024)
+    caller = _text("caller")
+    callee = _text("callee")
+    call_id = _text("call_id")
     direction = _choice(DIRECTIONS)
     end_reason = _choice(END_REASONS)
-    trunk = django_filters.CharFilter(field_name="trunk", max_length=1024)
-    caller_domain = django_filters.CharFilter(field_name="caller_domain", max_length=1024)
-    callee_domain = django_filters.CharFilter(field_name="callee_domain", max_length=1024)
+    trunk = _text("trunk")
+    caller_domain = _text("caller_domain")
+    callee_domain = _text("callee_domain")
     min_duration = IntegerFilter(
         field_name="duration", lookup_expr="gte", min_value=0, max_value=DURATION_MAX
     )

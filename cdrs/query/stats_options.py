@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from cdrs.query.options import OptionError
+from cdrs.query.options import OptionError, single_value
 
 TIME_DIMENSIONS = ("hour", "day", "week", "month")
 VALUE_DIMENSIONS = (
@@ -49,15 +49,6 @@ class BillingDimension(OptionError):
     """``group_by`` names a dimension only billing tokens may see (403, not 400)."""
 
 
-def _single(params: Mapping[str, list[str]], name: str) -> str | None:
-    values = params.get(name)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise OptionError(name, "given more than once")
-    return values[0]
-
-
 def split_stats_params(
     params: Mapping[str, list[str]],
 ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -72,7 +63,7 @@ def split_stats_params(
 
 def parse_stats_options(params: Mapping[str, list[str]], *, billing: bool) -> StatsOptions:
     """Validate ``group_by``, ``tz`` and ``format``; OptionError (400) or BillingDimension."""
-    raw_group = _single(params, "group_by")
+    raw_group = single_value(params, "group_by")
     names = tuple(n.strip() for n in (raw_group or "day").split(","))
     allowed = TIME_DIMENSIONS + VALUE_DIMENSIONS
     for name in names:
@@ -85,7 +76,7 @@ def parse_stats_options(params: Mapping[str, list[str]], *, billing: bool) -> St
     if not billing and any(n in BILLING_DIMENSIONS for n in names):
         raise BillingDimension("group_by", "billed_account needs the 'billing' scope")
 
-    tz_name = _single(params, "tz") or "UTC"
+    tz_name = single_value(params, "tz") or "UTC"
     # available_timezones() first: ZoneInfo() alone would also open relative file paths.
     if tz_name not in _ZONES:
         raise OptionError("tz", "must be an IANA time zone such as Europe/Berlin")
@@ -94,7 +85,7 @@ def parse_stats_options(params: Mapping[str, list[str]], *, billing: bool) -> St
     except (ZoneInfoNotFoundError, ValueError) as exc:  # pragma: no cover - listed yet missing
         raise OptionError("tz", "must be an IANA time zone such as Europe/Berlin") from exc
 
-    fmt = _single(params, "format") or "json"
+    fmt = single_value(params, "format") or "json"
     if fmt not in ("json", "csv"):
         raise OptionError("format", "must be json or csv")
     return StatsOptions(group_by=names, tz_name=tz_name, tz=tz, csv=fmt == "csv")

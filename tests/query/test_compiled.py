@@ -8,10 +8,10 @@ process, and check every answer against what the values ask for.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
-from django.db.models import Q
 
 from cdrs.ids import encode_id
 from cdrs.query import compiled
@@ -102,13 +102,54 @@ def test_cursor_walk_with_null_and_non_null_positions(client_ro):
     assert len(seen) == len(set(seen)) == 9
 
 
-def test_shapes_with_transformed_values_are_not_kept():
-    # contains() escapes its value for LIKE and search is an expression: compiled per call.
-    assert compiled.q_shape(Q(caller__contains="10")) is not None  # the shape is plain...
-    assert compiled.q_shape(Q(caller="1") | ~Q(duration__gt=5)) is not None
-    from cdrs.search import search_q
+def _counted(get) -> tuple[Any, dict[str, int]]:
+    """``get()``'s answer, and how its queries were answered (from compiled.stats)."""
+    before = compiled.stats.snapshot()
+    answer = get()
+    after = compiled.stats.snapshot()
+    return answer, {k: getattr(after, k) - getattr(before, k) for k in vars(after)}
 
-    assert compiled.q_shape(search_q("abc")) is None
+
+NONE = {"compiled": 0, "refused": 0, "reused": 0, "per_request": 0}
+
+
+def test_second_request_of_a_shape_is_not_compiled_again(client_ro):
+    create_cdrs(*[cdr_payload(caller=c) for c in ("401", "402", "402")])
+    # top=37: a page shape no other test asks for, so the first request compiles it.
+    first, counts = _counted(
+        lambda: client_ro.get("/api/cdrs", {"filter": "caller eq '401'", "top": "37"})
+    )
+    assert [i["caller"] for i in items(first)] == ["401"]
+    assert counts["compiled"] >= 1 and counts["compiled"] + counts["reused"] == 2  # page, count
+    second, counts = _counted(
+        lambda: client_ro.get("/api/cdrs", {"filter": "caller eq '402'", "top": "37"})
+    )
+    assert [i["caller"] for i in items(second)] == ["402", "402"]
+    assert orjson.loads(second.content)["count"] == 2
+    assert counts == {**NONE, "reused": 2}  # the page and the count, both from kept SQL
+
+
+def _assert_compiled_per_request(client, option: str, template: str) -> None:
+    create_cdrs(*[cdr_payload(caller=c) for c in ("6061000", "6062000", "7071000")])
+    for needle, expected in (("606", 2), ("707", 1), ("1000", 2)):
+        params = {option: template.format(needle), "top": "41"}
+        response, counts = _counted(lambda params=params: client.get("/api/cdrs", params))
+        assert len(items(response)) == expected, needle
+        assert counts["reused"] == counts["compiled"] == 0, needle
+        # The page and the count, each built for this request (the first tried and refused).
+        assert counts["per_request"] + counts["refused"] == 2, needle
+
+
+def test_search_shapes_are_not_kept(client_ro):
+    # search is an expression, not a plain lookup: its queries are compiled per request.
+    _assert_compiled_per_request(client_ro, "search", "{}")
+
+
+@pytest.mark.postgresql
+def test_shapes_with_transformed_values_are_not_kept(client_ro):
+    # On PostgreSQL contains() is LIKE with the value escaped and wrapped in %...%: a
+    # transformed value, so the shape is refused and compiled per request.
+    _assert_compiled_per_request(client_ro, "filter", "contains(caller, '{}')")
 
 
 def test_contains_filter_still_matches_after_a_first_compile(client_ro):
@@ -124,7 +165,7 @@ def test_pages_fetched_by_id_first_are_kept_and_answer_with_new_values(client_ro
     create_cdrs(
         *[cdr_payload(caller=c, duration=d) for c in ("301", "302") for d in (5, 9, 1, 7, 3)]
     )
-    compiled._cache().clear()  # only this test's shapes
+    before = compiled.stats.snapshot()
     for caller in ("301", "302", "301"):
         for params, expected in (
             ({"skip": "1", "top": "2"}, 2),
@@ -137,6 +178,8 @@ def test_pages_fetched_by_id_first_are_kept_and_answer_with_new_values(client_ro
                 assert len(page) == expected
             else:
                 assert [i["duration"] for i in page] == expected
-    # The keys are tuples; the cache types them only as Hashable.
-    kept = [v for k, v in compiled._cache().items() if k[2][0][0] == "page"]  # type: ignore[index]
-    assert len(kept) == 3 and all(v is not None and " IN (SELECT " in v.sql for v in kept)
+    after = compiled.stats.snapshot()
+    # Three page shapes (and one count shape), each compiled at most once, then reused.
+    assert after.per_request == before.per_request
+    assert after.compiled - before.compiled <= 4
+    assert after.reused - before.reused >= 9 * 2 - 4

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import csv
 import gzip
-import io
 import sys
 from typing import IO, Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
 from cdrs import jsonenc
-from cdrs.export import csv_escape, csv_trailer, ndjson_trailer
+from cdrs.export import csv_trailer, ndjson_trailer
 from cdrs.fields import ALL_FIELD_NAMES
 from cdrs.generator import generate_cdrs
+from cdrs.wire import CsvLines, csv_cell, csv_writer
 
 
 class Command(BaseCommand):
@@ -49,20 +48,16 @@ class Command(BaseCommand):
         rows = generate_cdrs(options["rows"], seed=options["seed"], days=options["days"])
         try:
             if options["format"] == "csv":
-                buffer = io.StringIO()
-                writer = csv.writer(buffer, lineterminator="\r\n")
+                buffer = CsvLines()
+                writer = csv_writer(buffer)
                 writer.writerow(fields)
                 for n, row in enumerate(rows, 1):
-                    writer.writerow(
-                        ["" if row[f] is None else csv_escape(str(row[f])) for f in fields]
-                    )
+                    writer.writerow([csv_cell(row[f]) for f in fields])
                     if n % 5000 == 0:
-                        out.write(buffer.getvalue().encode())
-                        buffer.seek(0)
-                        buffer.truncate()
+                        out.write(buffer.pop().encode())
                 if options["trailer"]:
                     buffer.write(csv_trailer(max(options["rows"], 0)))
-                out.write(buffer.getvalue().encode())
+                out.write(buffer.pop().encode())
             else:
                 for row in rows:
                     out.write(jsonenc.dumps(row) + b"\n")

@@ -27,7 +27,7 @@ class Command(BaseCommand):
         rows = [validate_cdr(item) for item in demo_cdrs(options["rows"])]
         created = 0
         for start in range(0, len(rows), 1000):
-            created += cdr_ingest(rows[start : start + 1000]).created
+            created += cdr_ingest(rows=rows[start : start + 1000]).created
         # The demo token is the one token with every scope on purpose (a local trial reads,
         # sees costs and ingests); create_token's default is read only.
         minted = mint_token(username="demo", scopes=("read", "billing", "write"), name="demo")
