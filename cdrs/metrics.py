@@ -62,11 +62,10 @@ def fold_into_archive(directory: str, pid: int) -> None:
     Run at exit by every process in multiprocess mode. Without it each recycled gunicorn
     worker leaves its files behind and every scrape reads all of them (thousands within days
     at the default GUNICORN_MAX_REQUESTS). The new archive replaces the old one atomically
-    and the process's own file goes right after: only a scrape that falls between those two
-    system calls could count that process twice.
+    and the process's own file goes right after, under an exclusive lock that every scrape
+    takes shared (``_archive_lock``): no scrape sees both, so none counts a process twice.
     """
-    with open(os.path.join(directory, "archive.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # processes exiting together take turns
+    with _archive_lock(directory, fcntl.LOCK_EX):  # processes exiting together take turns
         for kind in ("counter", "histogram"):
             own = os.path.join(directory, f"{kind}_{pid}.db")
             if not os.path.exists(own):
@@ -90,6 +89,13 @@ def fold_into_archive(directory: str, pid: int) -> None:
                 merged.close()
             os.replace(staging, archive)
             os.remove(own)
+
+
+@contextlib.contextmanager
+def _archive_lock(directory: str, mode: int) -> Any:
+    with open(os.path.join(directory, "archive.lock"), "a") as lock:
+        fcntl.flock(lock, mode)
+        yield
 
 
 def _fold_at_exit() -> None:
@@ -279,9 +285,11 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     if request.method not in ("GET", "HEAD"):
         return HttpResponseNotAllowed(["GET", "HEAD"])
     encoder, content_type = choose_encoder(request.META.get("HTTP_ACCEPT", ""))
-    try:
-        body = encoder(_registry())
-    except FileNotFoundError:  # a worker's file folded away between listing and reading it
+    if MULTIPROC_DIR:
+        # Shared: never between a folding worker's new archive and the removal of its file.
+        with _archive_lock(MULTIPROC_DIR, fcntl.LOCK_SH):
+            body = encoder(_registry())
+    else:
         body = encoder(_registry())
     response = HttpResponse(body, content_type=content_type)
     response["Cache-Control"] = "no-store"
