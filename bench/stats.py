@@ -85,7 +85,11 @@ def main() -> None:
             for n in range(args.repeat + 1):
                 t0 = time.perf_counter()
                 result = cdr_stats(
-                    None, options, stats_options, billing=True, use_rollup=use_rollup
+                    token=None,
+                    options=options,
+                    stats=stats_options,
+                    billing=True,
+                    use_rollup=use_rollup,
                 )
                 if n:  # the first run warms the caches
                     timings[use_rollup].append((time.perf_counter() - t0) * 1000)

@@ -391,10 +391,10 @@ def stats_of_rows(rows: Sequence[dict[str, Any]], dimension: str, *, billing: bo
 
 
 def cdr_stats(
+    *,
     token: ApiToken | None,
     options: ListOptions,
     stats: StatsOptions,
-    *,
     billing: bool,
     use_rollup: bool = True,
 ) -> StatsResult:

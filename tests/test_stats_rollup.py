@@ -29,9 +29,9 @@ def _stats(token: Any, params: dict[str, str], *, use_rollup: bool) -> Any:
     own = {k: [v] for k, v in params.items() if k in ("group_by", "tz")}
     rest = {k: [v] for k, v in params.items() if k not in ("group_by", "tz")}
     return cdr_stats(
-        token,
-        parse_list_options(rest, billing=True),
-        parse_stats_options(own, billing=True),
+        token=token,
+        options=parse_list_options(rest, billing=True),
+        stats=parse_stats_options(own, billing=True),
         billing=True,
         use_rollup=use_rollup,
     )

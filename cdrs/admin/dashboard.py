@@ -96,9 +96,9 @@ def _stats(params: dict[str, str], group_by: str, *, billing: bool) -> StatsResu
     own = {"group_by": [group_by], "tz": [params["tz"]]}
     rest = {k: [v] for k, v in params.items() if k != "tz"}
     return cdr_stats(
-        None,
-        parse_list_options(rest, billing=billing),
-        parse_stats_options(own, billing=billing),
+        token=None,
+        options=parse_list_options(rest, billing=billing),
+        stats=parse_stats_options(own, billing=billing),
         billing=billing,
     )
 

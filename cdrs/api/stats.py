@@ -192,7 +192,9 @@ class CdrStatsView(APIView):
             own, rest = split_stats_params(dict(request.query_params.lists()))
             stats_options = parse_stats_options(own, billing=billing)
             list_options = parse_list_options(rest, billing=billing)
-            result = cdr_stats(token, list_options, stats_options, billing=billing)
+            result = cdr_stats(
+                token=token, options=list_options, stats=stats_options, billing=billing
+            )
         except BillingDimension as exc:
             raise PermissionDenied(str(exc)) from exc
         except OptionError as exc:
