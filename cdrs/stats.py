@@ -60,7 +60,11 @@ class StatsResult:
 
 
 class _EpochSeconds(Func):
-    """Whole seconds since 1970 of a timestamp column (stored times are whole seconds)."""
+    """Whole seconds since 1970 of a timestamp column, rounded down like the rollup's hour.
+
+    Every write path stores whole seconds; floor() keeps a row written with a fraction by
+    other means (raw SQL) in the same bucket as ``cdrs.rollup`` puts it.
+    """
 
     output_field = IntegerField()
 
@@ -75,7 +79,9 @@ class _EpochSeconds(Func):
         self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra: Any
     ) -> Any:
         return self.as_sql(
-            compiler, connection, template="CAST(EXTRACT(EPOCH FROM %(expressions)s) AS bigint)"
+            compiler,
+            connection,
+            template="CAST(FLOOR(EXTRACT(EPOCH FROM %(expressions)s)) AS bigint)",
         )
 
 
