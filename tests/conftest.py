@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import faulthandler
 import os
-import secrets
 from collections.abc import Callable, Iterator
 from typing import Any, cast
-from urllib.parse import urlsplit
 
-import psycopg
 import pytest
 import redis
 from _pytest.faulthandler import fault_handler_stderr_fd_key
@@ -17,6 +14,7 @@ from django.conf import settings
 from django.test import Client
 
 from cdrs.tokens import mint_token
+from tests.helpers import scratch_postgresql
 
 
 def _on_postgresql() -> bool:
@@ -95,19 +93,9 @@ def client_full(api_client: Callable[..., ApiClient]) -> ApiClient:
 
 @pytest.fixture
 def empty_postgresql() -> Iterator[str]:
-    url = os.environ.get("DATABASE_URL", "")
     # Only requested by the postgresql-marked case, which runs only against PostgreSQL.
-    assert url.startswith(("postgres://", "postgresql://")), "needs PostgreSQL"
-    name = f"cdrops_empty_{secrets.token_hex(4)}"
-    server = urlsplit(url)._replace(scheme="postgresql")
-    admin_url = server._replace(path="/postgres").geturl()
-    with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield server._replace(path=f"/{name}").geturl()
-    finally:
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_postgresql("cdrops_empty") as url:
+        yield url
 
 
 HARD_TIMEOUT_SECONDS = 30

@@ -25,11 +25,11 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import orjson
-import psycopg
 import pytest
+
+from tests.helpers import scratch_postgresql
 
 ROOT = Path(__file__).resolve().parent.parent
 # What a fresh clone does not have (local state, caches, generated benchmark data).
@@ -138,21 +138,6 @@ class DemoServer:
         self.env = env  # what the README's commands run with on this path
 
 
-@contextlib.contextmanager
-def _scratch_postgresql() -> Iterator[str]:
-    url = os.environ["DATABASE_URL"]
-    name = f"cdrreadme_{secrets.token_hex(4)}"
-    server = urlsplit(url)._replace(scheme="postgresql")
-    admin_url = server._replace(path="/postgres").geturl()
-    with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield server._replace(path=f"/{name}").geturl()
-    finally:
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(
     scope="module",
     params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)],
@@ -164,7 +149,7 @@ def demo_server(
     and `manage.py seed_demo` after `bin/run` (PostgreSQL)."""
     with contextlib.ExitStack() as stack:
         if request.param == "postgresql":
-            database = stack.enter_context(_scratch_postgresql())
+            database = stack.enter_context(scratch_postgresql("cdrreadme"))
             env = _local_env(DATABASE_URL=database, SECRET_KEY=secrets.token_urlsafe(50))
         else:
             env = _local_env()

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import threading
 from decimal import Decimal
 
 import orjson
 import pytest
-from django.db import close_old_connections, connection
+from django.db import connection
 
 from cdrs.ids import decode_id, encode_id, snowflake_time
 from cdrs.models import Cdr
 from cdrs.values import parse_rfc3339
 from tests.factories import cdr_payload
+from tests.helpers import post_concurrently
 
 pytestmark = pytest.mark.django_db
 
@@ -176,24 +176,7 @@ def test_write_scope_is_needed(api_client):
 def test_concurrent_posts_of_the_same_cdr_store_exactly_one(api_client):
     assert connection.vendor == "postgresql"
     client = api_client(scopes=("read", "write"))
-    payload = orjson.dumps(cdr_payload(call_id="race@x"))
-    results: list[dict] = []
-    barrier = threading.Barrier(6)
-
-    def send() -> None:
-        try:
-            barrier.wait()
-            response = client.post("/api/cdrs", payload, content_type="application/json")
-            results.append(orjson.loads(response.content) | {"status": response.status_code})
-        finally:
-            close_old_connections()
-            connection.close()
-
-    threads = [threading.Thread(target=send) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
+    results = post_concurrently(client, orjson.dumps(cdr_payload(call_id="race@x")))
     assert [r["status"] for r in results] == [201] * 6
     assert sum(r["created"] for r in results) == 1
     assert sum(r["duplicates"] for r in results) == 5

@@ -6,16 +6,16 @@ Every case goes through POST /api/cdrs with real tokens on the real database.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import orjson
 import pytest
-from django.db import close_old_connections, connection
+from django.db import connection
 
 from cdrs.ids import decode_id, encode_id
 from cdrs.models import Cdr
 from tests.factories import cdr_payload
+from tests.helpers import post_concurrently
 
 pytestmark = pytest.mark.django_db
 
@@ -235,24 +235,7 @@ def test_concurrent_posts_of_a_clashing_cdr_store_exactly_one(api_client):
     tenant = api_client(scopes=("read", "write"), domains=(OWN,), username="acme-pbx")
     held = foreign(call_id="race@tenants")
     foreign_id = post(operator, held)[1]["ids"][0]
-    payload = orjson.dumps(same_call(held))
-    results: list[dict[str, Any]] = []
-    barrier = threading.Barrier(6)
-
-    def send() -> None:
-        try:
-            barrier.wait()
-            response = tenant.post("/api/cdrs", payload, content_type="application/json")
-            results.append(orjson.loads(response.content) | {"status": response.status_code})
-        finally:
-            close_old_connections()
-            connection.close()
-
-    threads = [threading.Thread(target=send) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
+    results = post_concurrently(tenant, orjson.dumps(same_call(held)))
     assert [r["status"] for r in results] == [201] * 6
     assert sum(r["created"] for r in results) == 1
     assert sum(r["duplicates"] for r in results) == 5
