@@ -198,7 +198,27 @@ class PortsipDeadLetter(models.Model):
         return f"#{self.pk} {self.event_type or '(no event_type)'} from {self.token_prefix}"
 
 
-class CdrHourlyStats(models.Model):
+class HourlyMeasures(models.Model):
+    """The figures both statistics rollups keep per UTC hour and slot (abstract, no table).
+
+    ``cdrs.rollup.MEASURES`` names them in this order; ``slot`` spreads concurrent writers
+    of one key over a few rows, which readers sum.
+    """
+
+    hour = models.BigIntegerField()  # floor(epoch seconds of started_at / 3600), UTC
+    slot = models.SmallIntegerField(default=0)
+    calls = models.BigIntegerField(default=0)
+    answered = models.BigIntegerField(default=0)
+    total_duration = models.BigIntegerField(default=0)
+    pdd_sum = models.BigIntegerField(default=0)  # seconds, over calls with rang_at and answered_at
+    pdd_calls = models.BigIntegerField(default=0)
+    cost_micros = models.BigIntegerField(default=0)  # sum of cost in millionths: exact anywhere
+
+    class Meta:
+        abstract = True
+
+
+class CdrHourlyStats(HourlyMeasures):
     """Call statistics per UTC hour and dimension, kept exact by every write path.
 
     Serves GET /api/cdrs/stats without scanning CDRs when a request only filters and groups
@@ -209,20 +229,12 @@ class CdrHourlyStats(models.Model):
     B-tree entry over up to three 1024-character columns could exceed PostgreSQL's limit.
     """
 
-    hour = models.BigIntegerField()  # floor(epoch seconds of started_at / 3600), UTC
     dims_key = models.UUIDField()
-    slot = models.SmallIntegerField(default=0)
     direction = models.CharField(max_length=32)
     end_reason = models.CharField(max_length=32)
     trunk = _string("trunk")
     caller_domain = _string("caller_domain")
     callee_domain = _string("callee_domain")
-    calls = models.BigIntegerField(default=0)
-    answered = models.BigIntegerField(default=0)
-    total_duration = models.BigIntegerField(default=0)
-    pdd_sum = models.BigIntegerField(default=0)  # seconds, over calls with rang_at and answered_at
-    pdd_calls = models.BigIntegerField(default=0)
-    cost_micros = models.BigIntegerField(default=0)  # sum of cost in millionths: exact anywhere
 
     class Meta:
         db_table = "cdrs_hourly_stats"
@@ -236,22 +248,13 @@ class CdrHourlyStats(models.Model):
         return f"hour {self.hour} {self.direction} {self.trunk}: {self.calls} calls"
 
 
-class CdrHourlyTotals(models.Model):
+class CdrHourlyTotals(HourlyMeasures):
     """``CdrHourlyStats`` summed over its dimensions: one row per UTC hour and slot.
 
     Answers the most common statistics request (every CDR, per day or hour, no dimension) by
     reading ~744 rows for a month instead of the ~170,000 per-dimension rows of a month at
     10M CDRs a year. Written beside ``CdrHourlyStats`` by ``cdrs.rollup.add_inserted``.
     """
-
-    hour = models.BigIntegerField()  # floor(epoch seconds of started_at / 3600), UTC
-    slot = models.SmallIntegerField(default=0)
-    calls = models.BigIntegerField(default=0)
-    answered = models.BigIntegerField(default=0)
-    total_duration = models.BigIntegerField(default=0)
-    pdd_sum = models.BigIntegerField(default=0)
-    pdd_calls = models.BigIntegerField(default=0)
-    cost_micros = models.BigIntegerField(default=0)
 
     class Meta:
         db_table = "cdrs_hourly_totals"

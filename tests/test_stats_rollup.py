@@ -174,3 +174,11 @@ def test_postgresql_backfill_hash_equals_the_python_hash(db):
     row = CdrHourlyStats.objects.get()
     assert keys == {rollup.dims_key([getattr(row, d) for d in rollup.DIMENSIONS])}
     assert connection.vendor == "postgresql"
+
+
+def test_rollup_measures_are_the_models_fields():
+    for model in (CdrHourlyStats, CdrHourlyTotals):
+        names = [f.name for f in model._meta.concrete_fields]
+        assert [n for n in names if n in rollup.MEASURES] == list(rollup.MEASURES)
+    totals = {f.name for f in CdrHourlyTotals._meta.concrete_fields}
+    assert totals == {"id", "hour", "slot", *rollup.MEASURES}
