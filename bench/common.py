@@ -35,6 +35,16 @@ MANAGE = str(ROOT / "manage.py")
 BENCH_SECRET_KEY = "bench-only-secret-key-not-for-production-0123456789abcdefghijklmnop"
 
 
+# wrk Lua: every thread numbered (``tid``) and kept, so done() can sum per-thread counters.
+WRK_THREADS_LUA = """local threads = {}
+local nthreads = 0
+function setup(thread)
+  nthreads = nthreads + 1
+  thread:set("tid", nthreads)
+  table.insert(threads, thread)
+end"""
+
+
 def log(msg: str) -> None:
     print(f"[{datetime.now():%H:%M:%S}] {msg}", flush=True)
 

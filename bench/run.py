@@ -267,13 +267,7 @@ local paths = {
 %(paths)s
 }
 wrk.headers["Authorization"] = "Bearer %(token)s"
-local threads = {}
-local nthreads = 0
-function setup(thread)
-  nthreads = nthreads + 1
-  thread:set("tid", nthreads)
-  table.insert(threads, thread)
-end
+%(threads_lua)s
 function init(args)
   idx = (tid * 7919) %% #paths
   non2xx = 0
@@ -316,7 +310,11 @@ def lua_script(name: str, paths: list[str], token: str) -> Path:
     def lua_str(s: str) -> str:
         return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
-    script = LUA % {"paths": ",\n".join(lua_str(p) for p in paths), "token": token}
+    script = LUA % {
+        "paths": ",\n".join(lua_str(p) for p in paths),
+        "token": token,
+        "threads_lua": common.WRK_THREADS_LUA,
+    }
     path = DATA / "lua" / f"{name}.lua"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(script)

@@ -51,13 +51,7 @@ local redeliver = %(redeliver)s
 wrk.method = "POST"
 wrk.headers["Authorization"] = "Bearer %(token)s"
 wrk.headers["Content-Type"] = "application/json"
-local threads = {}
-local nthreads = 0
-function setup(thread)
-  nthreads = nthreads + 1
-  thread:set("tid", nthreads)
-  table.insert(threads, thread)
-end
+%(threads_lua)s
 function init(args)
   n = 0
   non200 = 0
@@ -120,6 +114,7 @@ def lua_script(name: str, token: str, prefix: str, redeliver: int) -> Path:
     head, rest = text.split("CDRID", 1)
     middle, tail = rest.split("CALLID", 1)
     script = LUA % {
+        "threads_lua": common.WRK_THREADS_LUA,
         "head": lua_str(head),
         "middle": lua_str(middle),
         "tail": lua_str(tail),
