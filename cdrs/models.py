@@ -110,6 +110,30 @@ class Cdr(models.Model):
         return f"{self.caller} → {self.callee} at {self.started_at:%Y-%m-%d %H:%M:%S}"
 
 
+class CdrNaturalKey(models.Model):
+    """On Citus only: the natural key of every stored CDR, kept unique by its primary key.
+
+    Citus distributes ``cdrs_cdr`` by ``id`` (detail by id then reads one shard), and a
+    unique constraint on a distributed table must contain its distribution column, so
+    ``cdr_natural_key_uniq`` cannot stay there. This table, distributed by ``natural_key``,
+    is the constraint instead: ``cdrs.services`` claims a CDR's key here (``INSERT ... ON
+    CONFLICT DO NOTHING``) in the transaction that stores the CDR, so two concurrent senders
+    of one call still store it once. ``started_at`` lets retention drop the keys of the CDRs
+    it removes. Empty and unused on SQLite and plain PostgreSQL, where the constraint on
+    ``cdrs_cdr`` does the job (``cdrs.citus``, migration 0007).
+    """
+
+    natural_key = models.UUIDField(primary_key=True)
+    cdr_id = models.BigIntegerField()
+    started_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "cdrs_cdr_natural_key"
+
+    def __str__(self) -> str:
+        return f"{self.natural_key} -> {self.cdr_id}"
+
+
 class CdrCounter(models.Model):
     """Exact number of stored CDRs, kept in slots updated by every write path.
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import connection, transaction
 
-from cdrs import metrics, rollup
+from cdrs import citus, metrics, rollup
 from cdrs.ids import LOW_MASK, snowflake
 from cdrs.validation import INSERT_COLUMNS
 
@@ -94,8 +94,26 @@ def _stage_rows(cur: Any, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _insert_rows(rows: Sequence[dict[str, Any]]) -> set[int]:
-    """INSERT ... ON CONFLICT DO NOTHING; returns the ids that were inserted."""
+    """INSERT ... ON CONFLICT DO NOTHING; returns the ids that were inserted.
+
+    On Citus the natural key's unique constraint is a table of its own
+    (``cdrs.citus``): a row is inserted only after claiming its key there, and a key
+    claimed for a row whose id turned out to be taken is given back.
+    """
+    if not citus.in_use():
+        return _insert_cdr_rows(rows)
+    claimed = citus.claim_natural_keys(rows)
+    mine = [row for row in rows if row["natural_key"] in claimed]
+    inserted = _insert_cdr_rows(mine)
+    citus.release_natural_keys([row for row in mine if row["id"] not in inserted])
+    return inserted
+
+
+def _insert_cdr_rows(rows: Sequence[dict[str, Any]]) -> set[int]:
     from cdrs.models import Cdr
+
+    if not rows:
+        return set()
 
     if connection.vendor == "postgresql" and len(rows) > SMALL_BATCH:
         with connection.cursor() as cur:
@@ -134,6 +152,9 @@ LOOKUP_TABLE = "cdr_lookup"
 def _stored_ids(rows: Sequence[dict[str, Any]]) -> tuple[dict[int, bool], dict[Any, int]]:
     """Which given ids exist, and the stored id of each natural key that exists."""
     from cdrs.models import Cdr
+
+    if citus.in_use():
+        return citus.stored_ids(rows)
 
     if connection.vendor == "postgresql" and len(rows) > SMALL_BATCH:
         # A join with the keys COPYed into a temp table: a re-import is all duplicates, and

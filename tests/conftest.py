@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import faulthandler
+import functools
 import os
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
+import psycopg
 import pytest
 import redis
 from _pytest.faulthandler import fault_handler_stderr_fd_key
@@ -21,15 +23,36 @@ def _on_postgresql() -> bool:
     return os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://"))
 
 
+@functools.cache
+def on_citus() -> bool:
+    """Whether DATABASE_URL names a Citus coordinator (its test database will be one too)."""
+    if not _on_postgresql():
+        return False
+    url = os.environ["DATABASE_URL"].replace("postgres://", "postgresql://", 1)
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        return (
+            conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone()
+            is not None
+        )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``postgresql`` (EXPLAIN plans, COPY, row locks) only run against it."""
-    if _on_postgresql():
-        return
-    keep = [i for i in items if i.get_closest_marker("postgresql") is None]
-    dropped = [i for i in items if i.get_closest_marker("postgresql") is not None]
+    """Tests marked ``postgresql`` (EXPLAIN plans, COPY, row locks) only run against it, tests
+    marked ``citus`` only against a Citus coordinator; on Citus, tests marked ``no_citus``
+    are skipped with their reason (shown in the summary)."""
+    dropped = []
+    if not _on_postgresql():
+        dropped = [i for i in items if i.get_closest_marker("postgresql") is not None]
+    if not on_citus():
+        dropped += [i for i in items if i.get_closest_marker("citus") is not None]
+    else:
+        for item in items:
+            if (marker := item.get_closest_marker("no_citus")) is not None:
+                item.add_marker(pytest.mark.skip(reason=f"not on Citus: {marker.args[0]}"))
     if dropped:
         config.hook.pytest_deselected(items=dropped)
-        items[:] = keep
+        gone = set(map(id, dropped))
+        items[:] = [i for i in items if id(i) not in gone]
 
 
 def delete_redis_keys(url: str, prefix: str) -> int:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cdrs.generator import generate_cdrs
+from cdrs.models import Cdr, CdrNaturalKey
 from cdrs.services import cdr_ingest
 from cdrs.validation import validate_cdr
 from cdrs.values import format_ts
@@ -59,3 +60,13 @@ def create_cdr(**overrides: Any) -> int:
 def create_generated(rows: int, seed: int = 7) -> list[int]:
     """``rows`` realistic CDRs from the project's generator."""
     return create_cdrs(*generate_cdrs(rows, seed=seed))
+
+
+def delete_all_cdrs() -> None:
+    """Empty the CDR table between two steps of a test (say, an export and its re-import).
+
+    The natural keys go too: on Citus they are a table of their own (``cdrs.citus``), and a
+    re-sent CDR whose key is still there counts as a duplicate.
+    """
+    Cdr.objects.all().delete()
+    CdrNaturalKey.objects.all().delete()

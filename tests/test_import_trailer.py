@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from cdrs.models import Cdr
-from tests.factories import create_generated
+from tests.factories import create_generated, delete_all_cdrs
 
 pytestmark = pytest.mark.django_db
 
@@ -31,7 +31,7 @@ def exported(client_ro, tmp_path: Path, fmt: str, rows: int = 30) -> tuple[Path,
     """An export of ``rows`` CDRs written to a file, the database emptied again."""
     create_generated(rows, seed=21)
     body = export_body(client_ro, fmt)
-    Cdr.objects.all().delete()
+    delete_all_cdrs()
     path = tmp_path / f"export.{fmt}"
     path.write_bytes(body)
     return path, body
@@ -78,11 +78,11 @@ def test_concatenated_ndjson_exports_import_and_rows_after_the_last_trailer_do_n
     _, body_a = exported(client_ro, tmp_path, "ndjson", rows=10)
     create_generated(5, seed=22)
     body_b = export_body(client_ro, "ndjson")
-    Cdr.objects.all().delete()
+    delete_all_cdrs()
     both = tmp_path / "both.ndjson"
     both.write_bytes(body_a + body_b)
     assert "read 15, created 15" in import_file(both)
-    Cdr.objects.all().delete()
+    delete_all_cdrs()
     both.write_bytes(body_a + cut(body_b, 1))  # the second export cut short
     with pytest.raises(CommandError, match="does not end with an export trailer"):
         import_file(both)

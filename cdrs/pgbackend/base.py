@@ -21,6 +21,7 @@ import psycopg
 from django.db.backends.postgresql import base
 
 from cdrs import timeouts
+from cdrs.pgbackend.creation import DatabaseCreation
 
 
 def _nothing_to_read(conn: Any) -> bool:
@@ -36,6 +37,7 @@ def _nothing_to_read(conn: Any) -> bool:
 
 class DatabaseWrapper(base.DatabaseWrapper):
     health_check_done: bool
+    creation_class = DatabaseCreation  # test databases on Citus are Citus ones
 
     def get_connection_params(self) -> dict[str, Any]:
         params: dict[str, Any] = super().get_connection_params()
@@ -48,3 +50,11 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if self.connection is not None and _nothing_to_read(self.connection):
             self.health_check_done = True  # the server has not closed it: skip SELECT 1
         super().close_if_health_check_failed()  # SELECT 1 (closes on failure) unless done
+
+    # Whether the database is a Citus one with the CDRs distributed (cdrs.citus.in_use):
+    # looked up once per database session.
+    cdr_citus: bool | None = None
+
+    def init_connection_state(self) -> None:
+        super().init_connection_state()
+        self.cdr_citus = None

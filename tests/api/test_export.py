@@ -12,7 +12,7 @@ from django.core.management import call_command
 
 from cdrs.fields import ALL_FIELD_NAMES, PUBLIC_FIELD_NAMES
 from cdrs.models import Cdr, CdrCounter
-from tests.factories import cdr_payload, create_cdrs, create_generated
+from tests.factories import cdr_payload, create_cdrs, create_generated, delete_all_cdrs
 
 pytestmark = pytest.mark.django_db
 
@@ -112,7 +112,7 @@ def test_csv_is_rfc4180_and_spreadsheet_safe(api_client):
 
 
 def _reimport(tmp_path, body: bytes, name: str) -> None:
-    Cdr.objects.all().delete()
+    delete_all_cdrs()
     CdrCounter.objects.all().delete()
     path = tmp_path / name
     path.write_bytes(body)
