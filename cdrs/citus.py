@@ -33,6 +33,11 @@ CDR_TABLE = "cdrs_cdr"
 NATURAL_KEY_TABLE = "cdrs_cdr_natural_key"
 # table -> distribution column
 DISTRIBUTED = {CDR_TABLE: "id", NATURAL_KEY_TABLE: "natural_key"}
+# A month-partitioned cdrs_cdr (primary key (id, started_at)) comes with a registry that
+# keeps ids unique across partitions, filled by triggers on cdrs_cdr. Citus runs no trigger
+# on a distributed table: there the registry is distributed by id beside the CDRs (the
+# same shard holds an id's CDR and its registry row) and the ingest claims ids in it.
+ID_REGISTRY = "cdrs_cdr_id"
 
 
 def extension_installed(cursor: Any) -> bool:
@@ -45,22 +50,25 @@ def _distributed_tables(cursor: Any) -> set[str]:
     return {row[0] for row in cursor.fetchall()}
 
 
-def in_use(connection: Any = None) -> bool:
-    """Whether this database's CDR table is distributed by Citus (cached per connection).
-
-    The cache lives on the connection wrapper and is reset whenever a new database session
-    opens (``cdrs/pgbackend``), so it costs one catalog query per session.
-    """
+def _distributed(connection: Any = None) -> frozenset[str]:
+    """The distributed tables (none without Citus), cached per connection: the cache lives
+    on the connection wrapper and is reset whenever a new database session opens
+    (``cdrs/pgbackend``), so it costs one or two catalog queries per session."""
     conn = connection or default_connection
     if conn.vendor != "postgresql":
-        return False
+        return frozenset()
     conn.ensure_connection()
-    cached: bool | None = getattr(conn, "cdr_citus", None)
+    cached: frozenset[str] | None = getattr(conn, "cdr_citus", None)
     if cached is None:
         with conn.cursor() as cur:
-            cached = extension_installed(cur) and CDR_TABLE in _distributed_tables(cur)
+            cached = frozenset(_distributed_tables(cur) if extension_installed(cur) else ())
         setattr(conn, "cdr_citus", cached)  # noqa: B010 (not an attribute of every backend)
     return cached
+
+
+def in_use(connection: Any = None) -> bool:
+    """Whether this database's CDR table is distributed by Citus."""
+    return CDR_TABLE in _distributed(connection)
 
 
 def distribute(connection: Any) -> None:
@@ -83,17 +91,31 @@ def distribute(connection: Any) -> None:
             )
             for (name,) in cur.fetchall():
                 cur.execute(f'ALTER TABLE {CDR_TABLE} DROP CONSTRAINT "{name}"')
+            # Citus refuses to distribute a table with triggers (the id registry's).
+            cur.execute(
+                "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal",
+                [CDR_TABLE],
+            )
+            for (name,) in cur.fetchall():
+                cur.execute(f'DROP TRIGGER "{name}" ON {CDR_TABLE}')
             # Existing CDRs' keys, while both tables are still local (one plain INSERT).
             cur.execute(
                 f"INSERT INTO {NATURAL_KEY_TABLE} (natural_key, cdr_id, started_at) "
                 f"SELECT natural_key, id, started_at FROM {CDR_TABLE} ON CONFLICT DO NOTHING"
             )
-        for table, column in DISTRIBUTED.items():
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", [ID_REGISTRY])
+        tables = [(t, c, "default") for t, c in DISTRIBUTED.items()]
+        if cur.fetchone()[0]:
+            tables.append((ID_REGISTRY, "id", CDR_TABLE))
+        for table, column, colocate_with in tables:
             if table in done:
                 continue
             cur.execute(f"SELECT EXISTS (SELECT 1 FROM {table})")
             had_rows = cur.fetchone()[0]
-            cur.execute("SELECT create_distributed_table(%s, %s)", [table, column])
+            cur.execute(
+                "SELECT create_distributed_table(%s, %s, colocate_with => %s)",
+                [table, column, colocate_with],
+            )
             if had_rows:  # the rows were copied to the shards; the coordinator's are stale
                 cur.execute("SELECT truncate_local_data_after_distributing_table(%s)", [table])
     connection.cdr_citus = None  # the next in_use() looks again
@@ -105,7 +127,7 @@ def undistribute(connection: Any) -> None:
         if not extension_installed(cur):
             return
         done = _distributed_tables(cur)
-        for table in DISTRIBUTED:
+        for table in (ID_REGISTRY, *DISTRIBUTED):
             if table in done:
                 cur.execute("SELECT undistribute_table(%s)", [table])
         cur.execute(
@@ -120,7 +142,30 @@ def undistribute(connection: Any) -> None:
     connection.cdr_citus = None
 
 
-# --- the natural-key constraint, kept by the ingest ------------------------------------------
+# --- the natural-key constraint (and the id registry), kept by the ingest ----------------------
+
+
+def claim_ids(rows: Sequence[dict[str, Any]]) -> set[int]:
+    """With a distributed id registry, claim each row's id there; returns the ids claimed
+    (all of them without a registry: the CDR table's primary key is then enough)."""
+    if ID_REGISTRY not in _distributed() or not rows:
+        return {r["id"] for r in rows}
+    with default_connection.cursor() as cur:
+        cur.execute(
+            f"INSERT INTO {ID_REGISTRY} (id, started_at) "
+            "SELECT * FROM unnest(%s::bigint[], %s::timestamptz[]) "
+            "ON CONFLICT DO NOTHING RETURNING id",
+            [[r["id"] for r in rows], [r["started_at"] for r in rows]],
+        )
+        return {pk for (pk,) in cur.fetchall()}
+
+
+def release_ids(rows: Sequence[dict[str, Any]]) -> None:
+    """Give back ids claimed for rows that were not stored after all."""
+    if ID_REGISTRY not in _distributed() or not rows:
+        return
+    with default_connection.cursor() as cur:
+        cur.execute(f"DELETE FROM {ID_REGISTRY} WHERE id = ANY(%s)", [[r["id"] for r in rows]])
 
 
 def claim_natural_keys(rows: Sequence[dict[str, Any]]) -> set[str]:
@@ -233,3 +278,27 @@ def drop_worker_databases(params: dict[str, Any], name: str, nodes: list[tuple[s
     for host, port in nodes[1:]:
         with _autocommit(params, host, port, "postgres") as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def describe(connection: Any) -> list[str]:
+    """Lines for ``manage.py cdr_citus``: the nodes, then each distributed table."""
+    lines = []
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT nodename, nodeport, groupid = 0 FROM pg_dist_node "
+            "WHERE noderole = 'primary' ORDER BY groupid"
+        )
+        for host, port, is_coordinator in cur.fetchall():
+            lines.append(f"node {host}:{port} ({'coordinator' if is_coordinator else 'worker'})")
+        cur.execute(
+            "SELECT p.logicalrelid::regclass::text, "
+            "column_to_column_name(p.logicalrelid, p.partkey), p.colocationid, "
+            "(SELECT count(*) FROM pg_dist_shard s WHERE s.logicalrelid = p.logicalrelid) "
+            "FROM pg_dist_partition p ORDER BY 1"
+        )
+        rows = cur.fetchall()
+    for table, column, colocation, shards in rows:
+        lines.append(f"table {table}: by {column}, {shards} shards, colocation group {colocation}")
+    if not rows:
+        lines.append("no distributed table: run migrate, or cdr_citus --distribute")
+    return lines

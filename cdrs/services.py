@@ -102,9 +102,12 @@ def _insert_rows(rows: Sequence[dict[str, Any]]) -> set[int]:
     """
     if not citus.in_use():
         return _insert_cdr_rows(rows)
-    claimed = citus.claim_natural_keys(rows)
-    mine = [row for row in rows if row["natural_key"] in claimed]
+    ids = citus.claim_ids(rows)
+    with_id = [row for row in rows if row["id"] in ids]
+    keys = citus.claim_natural_keys(with_id)
+    mine = [row for row in with_id if row["natural_key"] in keys]
     inserted = _insert_cdr_rows(mine)
+    citus.release_ids([row for row in with_id if row["id"] not in inserted])
     citus.release_natural_keys([row for row in mine if row["id"] not in inserted])
     return inserted
 

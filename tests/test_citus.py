@@ -8,6 +8,7 @@ since they pin behaviour that the Citus path must keep.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import secrets
 import subprocess
@@ -19,6 +20,8 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connection
 
 from cdrs import citus
@@ -161,3 +164,21 @@ def test_migrate_distributes_a_populated_table_without_losing_a_row(tmp_path: Pa
             assert local == (0,)
         # Re-importing the same file: every row a duplicate, found through the shards.
         assert "created 0, duplicates 500" in manage("import_cdrs", str(data), url=url)
+
+
+@pytest.mark.citus
+def test_cdr_citus_shows_the_nodes_and_distributes_idempotently():
+    out = io.StringIO()
+    call_command("cdr_citus", "--distribute", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert sum(line.endswith("(worker)") for line in lines) >= 2
+    assert any(line.startswith("table cdrs_cdr: by id, ") for line in lines)
+    assert any(line.startswith("table cdrs_cdr_natural_key: by natural_key, ") for line in lines)
+
+
+@pytest.mark.postgresql
+@pytest.mark.no_citus("the opposite case: a database without the citus extension")
+def test_cdr_citus_refuses_a_database_without_citus():
+    with pytest.raises(CommandError, match="citus extension is not installed"):
+        call_command("cdr_citus", stdout=io.StringIO())
+    assert not citus.in_use()

@@ -51,9 +51,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
             self.health_check_done = True  # the server has not closed it: skip SELECT 1
         super().close_if_health_check_failed()  # SELECT 1 (closes on failure) unless done
 
-    # Whether the database is a Citus one with the CDRs distributed (cdrs.citus.in_use):
-    # looked up once per database session.
-    cdr_citus: bool | None = None
+    # The tables Citus distributes in this database (cdrs.citus.in_use): looked up once per
+    # database session.
+    cdr_citus: frozenset[str] | None = None
 
     def init_connection_state(self) -> None:
         super().init_connection_state()
