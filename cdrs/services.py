@@ -96,9 +96,9 @@ def _stage_rows(cur: Any, rows: Sequence[dict[str, Any]]) -> None:
 def _insert_rows(rows: Sequence[dict[str, Any]]) -> set[int]:
     """INSERT ... ON CONFLICT DO NOTHING; returns the ids that were inserted.
 
-    On Citus the natural key's unique constraint is a table of its own
-    (``cdrs.citus``): a row is inserted only after claiming its key there, and a key
-    claimed for a row whose id turned out to be taken is given back.
+    On Citus the natural key's unique constraint is a table of its own (``cdrs.citus``),
+    as is the id registry of a partitioned CDR table: a row is inserted only after claiming
+    its id and its key there, and what was claimed for a row not stored is given back.
     """
     if not citus.in_use():
         return _insert_cdr_rows(rows)

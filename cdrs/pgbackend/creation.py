@@ -4,7 +4,7 @@ Django creates ``test_<name>`` with a plain ``CREATE DATABASE``, which on a Citu
 coordinator gives a database without the extension and without workers: ``migrate`` would
 then leave every table local and the suite would not test Citus at all. When the database
 the settings name is a Citus coordinator, the test database gets the extension and the same
-worker nodes (a database of the same name on each worker), so migration 0007 distributes
+worker nodes (a database of the same name on each worker), so the Citus migration distributes
 its tables as in production; destroying it drops the workers' databases too.
 """
 
