@@ -1,5 +1,6 @@
 """Rate limits: rejected tokens per client IP and requests per token, 429 THROTTLED with
-Retry-After, counters shared by every process through Redis or the database cache."""
+Retry-After, counters shared by every process through Redis or the database's
+counter table (cdrs_rate_counter)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def assert_counters_in(cache_backend: str) -> None:
     """The counters are where the backend under test keeps them (not some other cache)."""
     if cache_backend == "database":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT COUNT(*) FROM cdr_cache")
+            cursor.execute("SELECT COUNT(*) FROM cdrs_rate_counter")
             assert cursor.fetchone()[0] > 0
     else:
         prefix = settings.CACHES["default"]["KEY_PREFIX"]
