@@ -68,6 +68,22 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",  # last, as django-axes asks: turns a lockout into a page
 ]
 
+# /api/ requests (Bearer tokens, no cookies) skip the admin's middlewares: static files,
+# sessions, CSRF, authentication, messages and the login lockout (cdrservice.handlers).
+API_MIDDLEWARE = [
+    m
+    for m in MIDDLEWARE
+    if m
+    not in {
+        "whitenoise.middleware.WhiteNoiseMiddleware",
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "django.contrib.messages.middleware.MessageMiddleware",
+        "axes.middleware.AxesMiddleware",
+    }
+]
+
 ROOT_URLCONF = "cdrservice.urls"
 WSGI_APPLICATION = "cdrservice.wsgi.application"
 
