@@ -42,7 +42,12 @@ def wsgi_get(path: str, **headers: str) -> tuple[str, dict[str, str], bytes]:
         **{"HTTP_" + k.upper().replace("-", "_"): v for k, v in headers.items()},
     }
     started: list[Any] = []
-    body = b"".join(ApiAwareWSGIHandler()(environ, lambda s, h, *a: started.append((s, h))))
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        started.append((status, headers))
+        return lambda data: None
+
+    body = b"".join(ApiAwareWSGIHandler()(environ, start_response))
     status, header_list = started[0]
     return status, dict(header_list), body
 
