@@ -86,6 +86,7 @@ def load(url: str, rows: int, env: dict[str, str]) -> dict[str, float]:
     count = _row_count(url)
     if comment == marker_done and count == rows:
         log(f"database already holds the {rows:,} CDRs: reusing it")
+        common.manage(["migrate", "--no-input", "-v", "0"], env)  # the code may be newer
         return {}
     if count and comment != marker_loading:
         log(f"database holds {count:,} rows ({comment or 'no marker'}): recreating it")
