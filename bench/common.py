@@ -30,6 +30,7 @@ LOGS = DATA / "logs"
 VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python")
 GUNICORN = str(VENV_BIN / "gunicorn")
+UVICORN = str(VENV_BIN / "uvicorn")
 MANAGE = str(ROOT / "manage.py")
 # A fixed key: the service and the floor must share it (cursors, token digests).
 BENCH_SECRET_KEY = "bench-only-secret-key-not-for-production-0123456789abcdefghijklmnop"
@@ -133,7 +134,8 @@ def free_port(preferred: int) -> int:
 
 
 class Server:
-    """A gunicorn started with the project's gunicorn.conf.py, as production starts it."""
+    """A gunicorn started with the project's gunicorn.conf.py, as production starts it, or
+    (``command``) another server that forks its workers itself and listens on ``port``."""
 
     def __init__(
         self,
@@ -143,6 +145,7 @@ class Server:
         env: dict[str, str],
         workers: int,
         extra_args: list[str] | None = None,
+        command: list[str] | None = None,
     ) -> None:
         self.name = name
         self.port = port
@@ -151,7 +154,7 @@ class Server:
         self.log_path = LOGS / f"{name}.log"
         env = dict(env)
         env.update(BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY=str(workers))
-        self.cmd = [GUNICORN, "-c", "gunicorn.conf.py", *(extra_args or []), app]
+        self.cmd = command or [GUNICORN, "-c", "gunicorn.conf.py", *(extra_args or []), app]
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         log(
             f"starting {name}: BIND=127.0.0.1:{port} WEB_CONCURRENCY={workers} "
@@ -192,6 +195,8 @@ class Server:
 
 
 def children_of(pid: int) -> list[int]:
+    """The worker processes of a server's master: its children, less the resource tracker
+    that multiprocessing's spawn start (uvicorn --workers) runs beside the workers."""
     out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -203,9 +208,17 @@ def children_of(pid: int) -> list[int]:
             continue
         # the comm field may contain spaces: ppid is the 2nd field after the closing paren
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid:
+        if ppid == pid and not _is_resource_tracker(int(entry)):
             out.append(int(entry))
     return out
+
+
+def _is_resource_tracker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"multiprocessing.resource_tracker" in f.read()
+    except OSError:
+        return False
 
 
 def rss_kb(pid: int) -> int | None:
@@ -303,7 +316,7 @@ def machine_info() -> dict[str, str]:
 
 
 def versions(database_url: str) -> dict[str, str]:
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
     with pg_connect(database_url) as c:
         pg = c.execute("SHOW server_version").fetchone()[0]
@@ -312,16 +325,20 @@ def versions(database_url: str) -> dict[str, str]:
         out = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout
         m = re.search(r"wrk (\S+)", out)
         wrk = m.group(1) if m else "?"
-    return {
+    found = {
         "python": platform.python_version(),
         "django": version("django"),
         "djangorestframework": version("djangorestframework"),
         "psycopg": version("psycopg"),
         "gunicorn": version("gunicorn"),
         "orjson": version("orjson"),
-        "postgresql": pg,
-        "wrk": wrk,
     }
+    # the FastAPI peer's stack (bench/requirements.txt), when installed
+    for package in ("fastapi", "starlette", "uvicorn", "uvloop", "httptools", "asyncpg"):
+        with contextlib.suppress(PackageNotFoundError):
+            found[package] = version(package)
+    found.update(postgresql=pg, wrk=wrk)
+    return found
 
 
 def now_utc() -> str:

@@ -1,7 +1,8 @@
-"""The read benchmark: the service vs the floor under wrk, on PostgreSQL.
+"""The read benchmark: the service vs the floor vs a FastAPI peer under wrk, on PostgreSQL.
 
     .venv/bin/python bench/run.py [--rows N] [--duration S] [--connections C]
-                                  [--only S1,S5,...] [--skip-load]
+                                  [--only S1,S5,...] [--servers service,floor,peer]
+                                  [--skip-load]
 
 See bench/README.md. Never part of the tests.
 """
@@ -38,10 +39,18 @@ SCENARIOS = {
     "S6": "search=<4 characters> (rotating real caller/callee substrings), top=100, with count",
     "S7": "first page, top=100, count=false",
     "S8": "GET /api/cdrs/stats?group_by=day over a calendar month (rotating months; UTC and "
-    "Europe/Berlin), service only: the floor has no statistics",
+    "Europe/Berlin), service only: neither the floor nor the peer has statistics",
 }
-# Scenarios the floor does not implement: measured on the service alone.
+# Scenarios the floor and the peer do not implement: measured on the service alone.
 SERVICE_ONLY = {"S8"}
+# The servers, measured in this order (one at a time): name, legend label, short name.
+SERVERS = {
+    "service": ("service (Django/DRF)", "s"),
+    "floor": ("floor (bare WSGI)", "f"),
+    "peer": ("peer (FastAPI + asyncpg)", "p"),
+}
+# Issue #16: the scenarios where the service must be at or above the peer (req/s, p99).
+PEER_TARGETS = ("S2", "S3", "S5", "S7")
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -77,6 +86,7 @@ def load(url: str, rows: int, env: dict[str, str]) -> dict[str, float]:
     count = _row_count(url)
     if comment == marker_done and count == rows:
         log(f"database already holds the {rows:,} CDRs: reusing it")
+        common.manage(["migrate", "--no-input", "-v", "0"], env)  # the code may be newer
         return {}
     if count and comment != marker_loading:
         log(f"database holds {count:,} rows ({comment or 'no marker'}): recreating it")
@@ -174,10 +184,11 @@ def http_get(base: str, path: str, token: str, timeout: float = 600) -> tuple[in
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def deep_cursor(service: Server, token: str, deep: int) -> str:
-    """The service's own cursor pointing just before row ``deep`` (newest first)."""
+def deep_cursor(server: Server, token: str, deep: int) -> str:
+    """A cursor pointing just before row ``deep`` (newest first), from the first server
+    measured (the service unless --servers leaves it out: all of them sign alike)."""
     started = time.monotonic()
-    status, body = http_get(service.url, f"/api/cdrs?top=1&skip={deep - 1}&count=false", token)
+    status, body = http_get(server.url, f"/api/cdrs?top=1&skip={deep - 1}&count=false", token)
     if status != 200 or not body.get("next_cursor"):
         raise SystemExit(f"could not obtain a deep cursor: {status} {str(body)[:300]}")
     log(f"deep cursor at row {deep:,} obtained in {time.monotonic() - started:.1f} s")
@@ -243,19 +254,23 @@ def _normalise(body: dict) -> dict:
     return body
 
 
-def check_same(service: Server, floor: Server, token: str, name: str, paths: list[str]) -> str:
-    """Ask both the same few requests; the JSON must be equal (cursor: present or not)."""
+def check_same(reference: Server, others: list[Server], token: str, name: str, paths) -> str:
+    """Ask every server the same few requests; the JSON must equal the reference's (the
+    first server: the service), the cursor only for presence."""
     problems = []
     for path in paths[:3]:
-        s_status, s_body = http_get(service.url, path, token)
-        f_status, f_body = http_get(floor.url, path, token)
-        if s_status != 200 or f_status != 200:
-            problems.append(
-                f"{path[:80]}: service {s_status}, floor {f_status}: "
-                f"{str(s_body)[:200]} / {str(f_body)[:200]}"
-            )
-        elif _normalise(s_body) != _normalise(f_body):
-            problems.append(f"{path[:80]}: service and floor answered differently")
+        r_status, r_body = http_get(reference.url, path, token)
+        for other in others:
+            o_status, o_body = http_get(other.url, path, token)
+            if r_status != 200 or o_status != 200:
+                problems.append(
+                    f"{path[:80]}: {reference.name} {r_status}, {other.name} {o_status}: "
+                    f"{str(r_body)[:200]} / {str(o_body)[:200]}"
+                )
+            elif _normalise(r_body) != _normalise(o_body):
+                problems.append(
+                    f"{path[:80]}: {reference.name} and {other.name} answered differently"
+                )
     for p in problems:
         log(f"  ! {name}: {p}")
     return "; ".join(problems)
@@ -417,12 +432,15 @@ def evaluate(results: dict, rss_max_kb: int) -> list[tuple[str, str, bool | None
     """(target, measured, passed) for every target the measured scenarios cover."""
     out: list[tuple[str, str, bool | None]] = []
 
-    def svc(n: str) -> dict | None:
-        return results.get(n, {}).get("service")
+    def side(n: str, name: str) -> dict | None:
+        return results.get(n, {}).get(name)
 
-    def ratio(n: str) -> float | None:
-        s, f = svc(n), results.get(n, {}).get("floor")
-        return s["rps"] / f["rps"] if s and f and f["rps"] else None
+    def svc(n: str) -> dict | None:
+        return side(n, "service")
+
+    def ratio(n: str, other: str = "floor") -> float | None:
+        s, o = svc(n), side(n, other)
+        return s["rps"] / o["rps"] if s and o and o["rps"] else None
 
     for n, min_ratio, max_p50 in (
         ("S5", 0.70, 5),
@@ -435,14 +453,27 @@ def evaluate(results: dict, rss_max_kb: int) -> list[tuple[str, str, bool | None
         if s is None:
             continue
         p50 = s["p50_us"] / 1000
+        if side(n, "floor"):
+            out.append(
+                (
+                    f"{n} ≥ {min_ratio:.0%} of floor req/s",
+                    f"{r:.0%}" if r else "—",
+                    bool(r and r >= min_ratio),
+                )
+            )
+        out.append((f"{n} p50 ≤ {max_p50} ms", f"{p50:,.1f} ms", p50 <= max_p50))
+    for n in PEER_TARGETS:  # issue #16: at or above the FastAPI peer
+        s, peer, r = svc(n), side(n, "peer"), ratio(n, "peer")
+        if not s or not peer:
+            continue
+        out.append((f"{n} req/s ≥ peer's", f"{r:.2f}×" if r else "—", bool(r and r >= 1)))
         out.append(
             (
-                f"{n} ≥ {min_ratio:.0%} of floor req/s",
-                f"{r:.0%}" if r else "—",
-                bool(r and r >= min_ratio),
+                f"{n} p99 ≤ peer's",
+                f"{_ms(s['p99_us'])} vs {_ms(peer['p99_us'])} ms",
+                s["p99_us"] <= peer["p99_us"],
             )
         )
-        out.append((f"{n} p50 ≤ {max_p50} ms", f"{p50:,.1f} ms", p50 <= max_p50))
     s1, s4 = svc("S1"), svc("S4")
     if s1 and s4:
         p = s4["p50_us"] / s1["p50_us"] if s1["p50_us"] else float("inf")
@@ -465,16 +496,31 @@ def evaluate(results: dict, rss_max_kb: int) -> list[tuple[str, str, bool | None
             ("service worker RSS < 150 MB", f"{rss_max_kb / 1024:,.0f} MB", rss_max_kb / 1024 < 150)
         )
     for n, by in results.items():
-        for side in ("service", "floor"):
-            r = by.get(side)
+        for name in SERVERS:
+            r = by.get(name)
             if r and r["failed"]:
-                out.append((f"{n} {side}: every response 2xx", f"{r['failed']:,} failed", False))
+                out.append((f"{n} {name}: every response 2xx", f"{r['failed']:,} failed", False))
     return out
 
 
 def write_report(meta: dict, results: dict, rss: dict, targets: list, order: list[str]) -> str:
+    sides = meta["servers"]
+    short = "/".join(SERVERS[n][1] for n in sides)
+    ratios = [o for o in ("floor", "peer") if "service" in sides and o in sides]
+    servers_line = []
+    if "service" in sides or "floor" in sides:
+        servers_line.append(
+            f"gunicorn -c gunicorn.conf.py ({meta['gunicorn']}) for "
+            + " and ".join(
+                f"the {n} (`{app}`)"
+                for n, app in (("service", "cdrservice.wsgi"), ("floor", "bench/floor.py"))
+                if n in sides
+            )
+        )
+    if "peer" in sides:
+        servers_line.append(f"the peer: `{meta['peer']}`")
     lines = [
-        "# cdrservice read benchmark: service vs floor",
+        "# cdrservice read benchmark: " + " vs ".join(sides),
         "",
         f"- date: {meta['date']}",
         f"- command: `{meta['command']}`",
@@ -488,37 +534,41 @@ def write_report(meta: dict, results: dict, rss: dict, targets: list, order: lis
         f"{meta['connections']} connections, {meta['warmup']} s warm-up then "
         f"{meta['duration']} s per scenario and server, one server after the other, on the "
         "same machine as the servers and PostgreSQL",
-        f"- servers: gunicorn -c gunicorn.conf.py ({meta['gunicorn']}), each; service = "
-        "`cdrservice.wsgi`, floor = `bench/floor.py` (bare WSGI, psycopg 3, orjson)",
+        "- servers: " + "; ".join(servers_line),
         f"- deep position (S4): row {meta['deep']:,}",
         "",
-        "| scenario | service req/s | floor req/s | service/floor | service p50 ms | "
-        "floor p50 ms | service p99 ms | floor p99 ms | p50 ms @1 conn s/f | "
-        "failed s/f | other load % s/f |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    header = (
+        ["scenario"]
+        + [f"{n} req/s" for n in sides]
+        + [f"service/{o}" for o in ratios]
+        + [f"{n} p50 ms" for n in sides]
+        + [f"{n} p99 ms" for n in sides]
+        + [f"p50 ms @1 conn {short}", f"failed {short}", f"other load % {short}"]
+    )
+    lines += ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+
+    def each(by: dict, fmt) -> list[str]:
+        return [fmt(by[n]) if by.get(n) else "—" for n in sides]
+
     for n in order:
-        s = results.get(n, {}).get("service")
-        f = results.get(n, {}).get("floor")
-        if not s:
+        by = results.get(n, {})
+        if not any(by.get(side) for side in sides):
             continue
-        if not f:  # service-only scenario (S8)
-            lines.append(
-                f"| {n} | {s['rps']:,.0f} | — | — | {_ms(s['p50_us'])} | — | "
-                f"{_ms(s['p99_us'])} | — | {_ms(s.get('c1_p50_us'))} / — | {s['failed']}/— | "
-                f"{s['foreign_cpu_pct']:.0f}/— |"
-            )
-            continue
-        ratio = f"{s['rps'] / f['rps']:.0%}" if f["rps"] else "—"
-        lines.append(
-            f"| {n} | {s['rps']:,.0f} | {f['rps']:,.0f} | {ratio} | {_ms(s['p50_us'])} | "
-            f"{_ms(f['p50_us'])} | {_ms(s['p99_us'])} | {_ms(f['p99_us'])} | "
-            f"{_ms(s.get('c1_p50_us'))} / {_ms(f.get('c1_p50_us'))} | "
-            f"{s['failed']}/{f['failed']} | "
-            f"{s['foreign_cpu_pct']:.0f}/{f['foreign_cpu_pct']:.0f} |"
-        )
+        s = by.get("service")
+        cells = [n, *each(by, lambda r: f"{r['rps']:,.0f}")]
+        for o in ratios:
+            o_rps = (by.get(o) or {}).get("rps")
+            cells.append(f"{s['rps'] / o_rps:.0%}" if s and o_rps else "—")
+        cells += each(by, lambda r: _ms(r["p50_us"]))
+        cells += each(by, lambda r: _ms(r["p99_us"]))
+        cells.append(" / ".join(each(by, lambda r: _ms(r.get("c1_p50_us")))))
+        cells.append("/".join(each(by, lambda r: str(r["failed"]))))
+        cells.append("/".join(each(by, lambda r: f"{r['foreign_cpu_pct']:.0f}")))
+        lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
+        f"{short}: " + ", ".join(SERVERS[n][0] for n in sides) + ". "
         "p50/p99 are at the fixed concurrency above (requests queue for the workers, so "
         "p50 ≈ connections/(workers × threads) × service time); `@1 conn` is the p50 of a "
         f'{meta["probe"]} s run with one connection (the unloaded latency). "other load": '
@@ -531,11 +581,15 @@ def write_report(meta: dict, results: dict, rss: dict, targets: list, order: lis
     for n in order:
         if n in results:
             lines.append(f"- **{n}**: {SCENARIOS[n]}")
+    rss_parts = []
+    for n in sides:
+        text = f"{n} max {rss[f'{n}_max_kb'] / 1024:,.0f} MB"
+        rss_parts.append(f"**{text}**" if n == "service" else text)
     lines += [
         "",
-        f"Worker RSS (VmRSS of each gunicorn worker, sampled every second): service max "
-        f"**{rss['service_max_kb'] / 1024:,.0f} MB**, floor max "
-        f"{rss['floor_max_kb'] / 1024:,.0f} MB.",
+        "Worker RSS (VmRSS of each worker process, sampled every second): "
+        + ", ".join(rss_parts)
+        + ".",
         "",
         "## Targets",
         "",
@@ -557,6 +611,9 @@ def write_report(meta: dict, results: dict, rss: dict, targets: list, order: lis
     return "\n".join(lines)
 
 
+CHART_COLOURS = {"service": "#3b6ea8", "floor": "#c9c9c9", "peer": "#e08a3c"}
+
+
 def chart(results: dict, order: list[str], path: Path, meta: dict) -> None:
     try:
         import matplotlib
@@ -567,20 +624,28 @@ def chart(results: dict, order: list[str], path: Path, meta: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in order if results.get(n, {}).get("service") and results[n].get("floor")]
+    sides = meta["servers"]
+    # the scenarios measured on more than one server (not the service-only S8)
+    names = [n for n in order if sum(1 for side in sides if results.get(n, {}).get(side)) > 1]
     if not names:
         return
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
     x = range(len(names))
-    w = 0.38
+    w = 0.8 / len(sides)
     for ax, key, title, scale in (
         (ax1, "rps", "throughput (req/s, higher is better)", 1.0),
         (ax2, "p50_us", "p50 latency (ms, log scale, lower is better)", 1e-3),
     ):
-        svc = [results[n]["service"][key] * scale for n in names]
-        flr = [results[n]["floor"][key] * scale for n in names]
-        ax.bar([i - w / 2 for i in x], svc, w, label="service (Django/DRF)", color="#3b6ea8")
-        ax.bar([i + w / 2 for i in x], flr, w, label="floor (bare WSGI)", color="#c9c9c9")
+        for k, side in enumerate(sides):
+            values = [(results[n].get(side) or {}).get(key, 0) * scale for n in names]
+            offset = (k - (len(sides) - 1) / 2) * w
+            ax.bar(
+                [i + offset for i in x],
+                values,
+                w,
+                label=SERVERS[side][0],
+                color=CHART_COLOURS[side],
+            )
         ax.set_xticks(list(x), names)
         ax.set_title(title, fontsize=10)
         if key == "p50_us":
@@ -588,8 +653,8 @@ def chart(results: dict, order: list[str], path: Path, meta: dict) -> None:
         ax.grid(axis="y", alpha=0.3)
     ax1.legend(fontsize=8)
     fig.suptitle(
-        f"cdrservice vs floor — {meta['rows']:,} CDRs, wrk -t{meta['threads']} "
-        f"-c{meta['connections']} -d{meta['duration']}s, gunicorn {meta['gunicorn']}, "
+        f"cdrservice read benchmark — {meta['rows']:,} CDRs, wrk -t{meta['threads']} "
+        f"-c{meta['connections']} -d{meta['duration']}s, {meta['workers']} workers each, "
         f"{meta['machine']['nproc']} CPUs",
         fontsize=10,
     )
@@ -599,6 +664,65 @@ def chart(results: dict, order: list[str], path: Path, meta: dict) -> None:
 
 
 # --- main -------------------------------------------------------------------------------------
+def peer_command(port: int, workers: int) -> list[str]:
+    """The FastAPI peer as uvicorn serves it in production: its own worker processes,
+    uvloop and httptools (uvicorn[standard]), no access log (the floor has none either)."""
+    return [
+        common.UVICORN,
+        "peer_fastapi:app",
+        "--app-dir",
+        "bench",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
+def start_servers(names: list[str], env: dict[str, str], args: argparse.Namespace) -> list:
+    """Start the chosen servers, each on its own port (the service first)."""
+    if "peer" in names:
+        import importlib.util
+
+        missing = [m for m in ("fastapi", "uvicorn", "asyncpg") if not importlib.util.find_spec(m)]
+        if missing:
+            raise SystemExit(
+                f"the peer needs {', '.join(missing)}: "
+                ".venv/bin/pip install -r bench/requirements.txt"
+            )
+    servers: list[Server] = []
+    port = args.port
+    try:
+        for name in names:
+            port = common.free_port(port)
+            if name == "service":
+                server = Server("service", "cdrservice.wsgi", port, env, args.workers)
+            elif name == "floor":
+                server = Server(
+                    "floor", "floor:application", port, env, args.workers, ["--pythonpath", "bench"]
+                )
+            else:
+                server = Server(
+                    "peer", "", port, env, args.workers, command=peer_command(port, args.workers)
+                )
+            servers.append(server)
+            port += 1
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rows", type=int, default=10_000_000)
@@ -607,10 +731,16 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--threads", type=int, default=2, help="wrk threads")
     p.add_argument("--only", default="", help="comma-separated scenarios (S4 = S4 and S4-skip)")
+    p.add_argument(
+        "--servers",
+        default=",".join(SERVERS),
+        help="comma-separated servers to measure, in this order: service, floor, peer "
+        "(default: all three)",
+    )
     p.add_argument("--skip-load", action="store_true", help="use the database as it is")
     p.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))
     p.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")))
-    p.add_argument("--port", type=int, default=8901, help="service port (floor: next free)")
+    p.add_argument("--port", type=int, default=8901, help="first server's port (then: next free)")
     p.add_argument("--wrk-timeout", type=int, default=60, help="wrk per-request timeout, s")
     p.add_argument(
         "--probe",
@@ -642,6 +772,12 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}")
         order = [n for n in order if n in wanted or n.split("-")[0] in wanted]
+    chosen = {w.strip() for w in args.servers.split(",") if w.strip()}
+    if not chosen or chosen - set(SERVERS):
+        raise SystemExit(f"--servers: choose among {', '.join(SERVERS)}")
+    sides = [n for n in SERVERS if n in chosen]
+    if "service" not in sides:
+        order = [n for n in order if n not in SERVICE_ONLY]
 
     env = common.service_env(args.database_url)
     load_times = {}
@@ -663,16 +799,11 @@ def main() -> None:
         f"{len(inputs['days'])} days, {len(inputs['subs'])} substrings"
     )
 
-    service_port = common.free_port(args.port)
-    floor_port = common.free_port(service_port + 1)
-    service = Server("service", "cdrservice.wsgi", service_port, env, args.workers)
-    floor = Server(
-        "floor", "floor:application", floor_port, env, args.workers, ["--pythonpath", "bench"]
-    )
-    service_rss = common.RssSampler(service.pid)
-    floor_rss = common.RssSampler(floor.pid)
-    service_rss.start()
-    floor_rss.start()
+    servers = start_servers(sides, env, args)
+    by_name = {s.name: s for s in servers}
+    samplers = {s.name: common.RssSampler(s.pid) for s in servers}
+    for sampler in samplers.values():
+        sampler.start()
     results: dict[str, dict] = {}
     meta = {
         "date": common.now_utc(),
@@ -680,7 +811,13 @@ def main() -> None:
         "rows": rows,
         "machine": common.machine_info(),
         "revision": common.git_revision(),
+        "servers": sides,
         "gunicorn": common.gunicorn_settings(env, args.workers),
+        "peer": " ".join(peer_command(by_name["peer"].port, args.workers)).replace(
+            str(common.ROOT) + "/", ""
+        )
+        if "peer" in by_name
+        else None,
         "versions": common.versions(args.database_url),
         "threads": args.threads,
         "connections": args.connections,
@@ -695,40 +832,37 @@ def main() -> None:
     }
     log(
         f"load generator: wrk {meta['versions']['wrk']} -t{args.threads} -c{args.connections}, "
-        f"{args.warmup} s warm-up + {args.duration} s per scenario; the service first, then "
-        f"the floor, one after the other (never both at once)"
+        f"{args.warmup} s warm-up + {args.duration} s per scenario; "
+        + ", then ".join(f"the {n}" for n in sides)
+        + ", one after the other (never two at once)"
     )
-    meter = common.CpuMeter([service, floor], args.database_url)
+    meter = common.CpuMeter(servers, args.database_url)
     try:
         cursor = None
         if "S4" in order:
-            cursor = deep_cursor(service, token, deep)
+            cursor = deep_cursor(servers[0], token, deep)
         for name in order:
             paths = scenario_paths(name, inputs, deep, cursor)
-            only_service = name in SERVICE_ONLY
-            mismatch = "" if only_service else check_same(service, floor, token, name, paths)
+            measured = [by_name["service"]] if name in SERVICE_ONLY else servers
+            mismatch = ""
+            if len(measured) > 1:
+                mismatch = check_same(measured[0], measured[1:], token, name, paths)
             script = lua_script(name, paths, token)
             results[name] = {"paths": len(paths), "mismatch": mismatch}
-            sides = (
-                [("service", service)] if only_service else [("service", service), ("floor", floor)]
-            )
-            for side, server in sides:
-                results[name][side] = measure(
-                    name, side, server, script, meter, args, [service, floor]
+            for server in measured:
+                results[name][server.name] = measure(
+                    name, server.name, server, script, meter, args, servers
                 )
     finally:
         meter.close()
-        service_rss.stop()
-        floor_rss.stop()
-        service.stop()
-        floor.stop()
+        for sampler in samplers.values():
+            sampler.stop()
+        for server in servers:
+            server.stop()
 
-    rss = {
-        "service_max_kb": service_rss.max_kb,
-        "floor_max_kb": floor_rss.max_kb,
-        "service_by_pid": service_rss.max_by_pid,
-    }
-    targets = evaluate(results, service_rss.max_kb)
+    rss: dict = {f"{n}_max_kb": sampler.max_kb for n, sampler in samplers.items()}
+    rss.update({f"{n}_by_pid": sampler.max_by_pid for n, sampler in samplers.items()})
+    targets = evaluate(results, rss.get("service_max_kb", 0))
     report = write_report(meta, results, rss, targets, order)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
+from cdrs import throttling
 from cdrs.models import ApiToken
 from cdrs.throttling import AuthFailureThrottle
 from cdrs.tokens import previous_token_digests, split_token, token_digest, token_is_live
@@ -38,16 +39,21 @@ def clear_token_cache() -> None:
         _cache.clear()
 
 
-def _lookup(plain: str) -> ApiToken | None:
-    prefix = split_token(plain)
-    if prefix is None:
-        return None
-    digest = token_digest(plain)
+def _cached(digest: str) -> ApiToken | None:
+    """The token with this digest if this process looked it up within the cache's lifetime."""
     ttl = settings.CDR_TOKEN_CACHE_SECONDS
     if ttl > 0:
         hit = _cache.get(digest)
         if hit is not None and time.monotonic() - hit[1] < ttl:
             return hit[0]
+    return None
+
+
+def _lookup(plain: str, digest: str) -> ApiToken | None:
+    prefix = split_token(plain)
+    if prefix is None:
+        return None
+    ttl = settings.CDR_TOKEN_CACHE_SECONDS
     token = ApiToken.objects.select_related("user").filter(prefix=prefix).first()
     if token is None:
         return None
@@ -123,10 +129,14 @@ class BearerTokenAuthentication(BaseAuthentication):
 def _authenticate_token(request: Request, plain: str) -> tuple[Any, ApiToken]:
     """(user, token) for a live token, else 401; the same checks whatever carried it."""
     failures = AuthFailureThrottle()
-    if wait := failures.blocked_for(request):
-        # Before any lookup: a guesser over the limit cannot tell a right guess either.
-        raise exceptions.Throttled(wait, "too many rejected tokens from this address.")
-    token = _lookup(plain)
+    digest = token_digest(plain)
+    token = _cached(digest)
+    if token is None:
+        # Before a database lookup, so a guesser over the limit costs no query (and cannot
+        # tell a right guess either: throttling.admit refuses it below).
+        if wait := failures.blocked_for(request):
+            raise exceptions.Throttled(wait, "too many rejected tokens from this address.")
+        token = _lookup(plain, digest)
     if token is None:
         failures.record(request)
         raise exceptions.AuthenticationFailed("invalid token")
@@ -140,6 +150,8 @@ def _authenticate_token(request: Request, plain: str) -> tuple[Any, ApiToken]:
         raise exceptions.AuthenticationFailed("token is disabled: its user is inactive")
     _touch(token)
     request.META["cdr.token_prefix"] = token.prefix  # for the request log
+    # One round trip: this request against the token's rate, the address's rejected tokens.
+    throttling.admit(request, token.prefix)
     return token.user, token
 
 

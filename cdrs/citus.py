@@ -2,7 +2,7 @@
 
 Nothing here runs on SQLite or on PostgreSQL without the ``citus`` extension. On a database
 where ``CREATE EXTENSION citus`` was run and the workers registered, ``migrate`` (migration
-0007) distributes two tables and leaves every other one a plain table on the coordinator:
+0009_citus) distributes two tables and leaves every other one a plain table on the coordinator:
 
 - ``cdrs_cdr`` by ``id`` (hash, ``citus.shard_count`` shards, 32 by default): detail by id
   and the ingest's conflict check on id read one shard; lists by time, filters, search,
@@ -72,7 +72,7 @@ def in_use(connection: Any = None) -> bool:
 
 
 def distribute(connection: Any) -> None:
-    """Distribute the CDR table and the natural-key table (migration 0007; idempotent).
+    """Distribute the CDR table and the natural-key table (migration 0009_citus; idempotent).
 
     Unique constraints of ``cdrs_cdr`` that lack ``id`` (the natural key's, whatever columns
     it was extended with) are dropped: ``cdrs_cdr_natural_key`` enforces them instead.
@@ -122,7 +122,7 @@ def distribute(connection: Any) -> None:
 
 
 def undistribute(connection: Any) -> None:
-    """Back to local tables on the coordinator (migration 0007 reversed)."""
+    """Back to local tables on the coordinator (migration 0009_citus reversed)."""
     with connection.cursor() as cur:
         if not extension_installed(cur):
             return

@@ -120,7 +120,7 @@ class CdrNaturalKey(models.Model):
     CONFLICT DO NOTHING``) in the transaction that stores the CDR, so two concurrent senders
     of one call still store it once. ``started_at`` lets retention drop the keys of the CDRs
     it removes. Empty and unused on SQLite and plain PostgreSQL, where the constraint on
-    ``cdrs_cdr`` does the job (``cdrs.citus``, migration 0007).
+    ``cdrs_cdr`` does the job (``cdrs.citus``, migration 0009_citus).
     """
 
     natural_key = models.UUIDField(primary_key=True)
@@ -288,3 +288,29 @@ class CdrHourlyTotals(HourlyMeasures):
 
     def __str__(self) -> str:
         return f"hour {self.hour}: {self.calls} calls"
+
+
+class RateCounter(models.Model):
+    """One rate limit counter: requests of a token, or rejected tokens from an address, in
+    one fixed window (``cdrs.throttling``), when no REDIS_URL is set.
+
+    Not Django's database cache: its ``incr`` is a read and a write in a transaction (five
+    statements per counted request, and two workers may lose a hit), where one
+    ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING`` counts exactly in one round trip.
+    Unlogged on PostgreSQL: counters need no crash safety. The window is part of ``key``, so
+    a key is never reused; rows past ``expires_at`` (Unix seconds) are deleted when a new
+    window starts.
+    """
+
+    key = models.CharField(max_length=255, primary_key=True)
+    count = models.IntegerField()
+    expires_at = models.BigIntegerField()
+
+    class Meta:
+        db_table = "cdrs_rate_counter"
+        constraints = [
+            models.CheckConstraint(condition=Q(count__gte=1), name="rate_counter_count_positive")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.count}"

@@ -5,13 +5,15 @@ Two limits, both answered with 429 THROTTLED and ``Retry-After``:
 - ``TokenRateThrottle`` (DRF throttle, rate ``token``: CDR_TOKEN_RATE): requests per token.
   Only DRF views run it, so /healthz, /readyz and /metrics are never limited.
 - ``AuthFailureThrottle`` (rate ``auth_failure``: CDR_AUTH_FAILURE_RATE): rejected tokens per
-  client IP. Authentication fails before DRF's throttles run, so ``cdrs.auth`` calls it: it
-  records each rejected token, and once an address is over the limit every token it presents
-  is refused with 429 before any lookup (a guesser must not learn that a guess was right).
+  client IP. ``cdrs.auth`` records each rejected token, and once an address is over the limit
+  every token it presents is refused with 429, a valid one too (a guesser must not learn that
+  a guess was right).
 
-Counters live in Django's default cache: Redis when REDIS_URL is set (INCR: exact across
-workers), the database cache table otherwise (a get and a set: two workers counting the same
-key at the same instant may lose a hit). Windows are fixed and aligned to the clock; the
+An accepted token costs one round trip to the store (``admit``): it counts the request
+against the token's rate and reads the address's rejected-token counters together; the
+throttle then compares the count it was given. Counters live in Redis when REDIS_URL is set
+(one pipeline), in the ``cdrs_rate_counter`` table otherwise (one ``INSERT ... ON CONFLICT
+... RETURNING``, exact across workers). Windows are fixed and aligned to the clock; the
 failure limit also weighs the previous window by the part of it still within one window's
 length, so a burst across a window boundary is not let through twice. If Redis cannot be
 reached the API goes on unlimited (logged) rather than refusing PBX traffic.
@@ -22,13 +24,16 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
+from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from redis.exceptions import RedisError
+from rest_framework.exceptions import Throttled
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
@@ -40,6 +45,8 @@ log = logging.getLogger("cdrs.throttling")
 
 _STORE_ERROR_LOG_INTERVAL = 10.0  # seconds between two "store unavailable" lines per process
 _last_store_error_logged = 0.0
+# Where admit() leaves the token's count for TokenRateThrottle (an HttpRequest attribute).
+_TOKEN_HITS = "cdr_token_hits"
 
 
 def client_ip(request: Any) -> str:
@@ -56,8 +63,78 @@ def _store_unavailable(exc: Exception) -> None:
         log.error("rate limit store unavailable, not limiting: %s", type(exc).__name__)
 
 
+def _count_and_read(
+    hit_key: str | None, timeout: int, read_keys: Sequence[str]
+) -> tuple[int, list[int]]:
+    """Count one hit under ``hit_key`` (kept ``timeout`` seconds; none when None) and read
+    the counters ``read_keys`` (0 when absent), in one round trip: (new count, counts)."""
+    store = caches["default"]
+    if isinstance(store, RedisCache):
+        return _redis_count_and_read(store, hit_key, timeout, read_keys)
+    return _table_count_and_read(hit_key, timeout, read_keys)
+
+
+def _redis_count_and_read(
+    store: RedisCache, hit_key: str | None, timeout: int, read_keys: Sequence[str]
+) -> tuple[int, list[int]]:
+    # One pipeline, atomic (MULTI/EXEC): create the key with its expiry if it is new, INCR,
+    # MGET. Django's own incr costs two round trips and a client object each (redis-py
+    # builds ~170 response callbacks per client: 0.3 ms measured).
+    full_keys = [store.make_and_validate_key(k) for k in read_keys]
+    full_hit = store.make_and_validate_key(hit_key) if hit_key is not None else None
+    any_key = full_hit if full_hit is not None else full_keys[0]
+    client = store._cache.get_client(any_key, write=True)  # type: ignore[attr-defined]
+    with client.pipeline() as pipe:
+        if full_hit is not None:
+            pipe.set(full_hit, 0, ex=timeout, nx=True)
+            pipe.incr(full_hit)
+        if full_keys:
+            pipe.mget(full_keys)
+        results = pipe.execute()
+    count = int(results[1]) if full_hit is not None else 0
+    values = results[-1] if full_keys else []
+    return count, [int(v) if v is not None else 0 for v in values]
+
+
+_UPSERT = (
+    "INSERT INTO cdrs_rate_counter (key, count, expires_at) VALUES (%s, 1, %s) "
+    "ON CONFLICT (key) DO UPDATE SET count = cdrs_rate_counter.count + 1 RETURNING count"
+)
+_READ_ONE = "(SELECT count FROM cdrs_rate_counter WHERE key = %s)"
+
+
+def _table_count_and_read(
+    hit_key: str | None, timeout: int, read_keys: Sequence[str]
+) -> tuple[int, list[int]]:
+    now = int(time.time())
+    reads = ", ".join([_READ_ONE] * len(read_keys))
+    with connection.cursor() as cursor:
+        if hit_key is None:
+            cursor.execute(f"SELECT {reads}", list(read_keys))
+            return 0, [int(v or 0) for v in cursor.fetchone()]
+        if connection.vendor == "postgresql" and read_keys:
+            # One statement: the reads see the table as it was before this INSERT, which
+            # is right, as they read other keys.
+            cursor.execute(
+                f"WITH hit AS ({_UPSERT}) SELECT (SELECT count FROM hit), {reads}",
+                [hit_key, now + timeout, *read_keys],
+            )
+            row = cursor.fetchone()
+            count, values = int(row[0]), [int(v or 0) for v in row[1:]]
+        else:  # SQLite has no INSERT in a WITH; its statements cost no round trip
+            cursor.execute(_UPSERT, [hit_key, now + timeout])
+            count = int(cursor.fetchone()[0])
+            values = []
+            if read_keys:
+                cursor.execute(f"SELECT {reads}", list(read_keys))
+                values = [int(v or 0) for v in cursor.fetchone()]
+        if count == 1:  # a new window began for this key: forget the ended ones
+            cursor.execute("DELETE FROM cdrs_rate_counter WHERE expires_at < %s", [now])
+    return count, values
+
+
 class _WindowThrottle(SimpleRateThrottle):
-    """A counter per client and fixed window in the shared cache (not DRF's request history:
+    """A counter per client and fixed window in the shared store (not DRF's request history:
     a list of every request's time would be read and rewritten on each of thousands a minute)."""
 
     # Set by SimpleRateThrottle.__init__ from parse_rate (not declared by the stubs).
@@ -85,24 +162,6 @@ class _WindowThrottle(SimpleRateThrottle):
         assert self.duration
         return max(1, math.ceil(self.duration - elapsed))
 
-    def _hit(self, key: str, timeout: int) -> int:
-        """Count one hit under ``key`` (kept ``timeout`` seconds); the new count."""
-        store = caches["default"]
-        if isinstance(store, RedisCache):
-            # One round trip, atomic (MULTI/EXEC): create the key with its expiry if it is
-            # new, then INCR. Django's own incr costs two round trips and a client object
-            # each (redis-py builds ~170 response callbacks per client: 0.3 ms measured).
-            full_key = store.make_and_validate_key(key)
-            client = store._cache.get_client(full_key, write=True)  # type: ignore[attr-defined]
-            with client.pipeline() as pipe:
-                pipe.set(full_key, 0, ex=timeout, nx=True)
-                pipe.incr(full_key)
-                return int(pipe.execute()[1])
-        # Django's incr on other caches is a get and a set that resets the expiry.
-        count = int(store.get(key, 0)) + 1
-        store.set(key, count, timeout=timeout)
-        return count
-
 
 class TokenRateThrottle(_WindowThrottle):
     """At most CDR_TOKEN_RATE requests per token and window (fixed windows)."""
@@ -113,19 +172,27 @@ class TokenRateThrottle(_WindowThrottle):
         token = request.auth
         return getattr(token, "prefix", None)
 
+    def current_key(self, prefix: str) -> tuple[str, int, float]:
+        """(counter key, seconds to keep it, seconds since the window started)."""
+        assert self.duration
+        index, elapsed = self._window()
+        return self._key(prefix, index), self.duration + 1, elapsed
+
     def allow_request(self, request: Request, view: Any) -> bool:
         if self.rate is None:
             return True
         prefix = self.get_cache_key(request, view)
         if prefix is None:  # public views (schema, docs)
             return True
-        assert self.num_requests and self.duration
-        index, elapsed = self._window()
-        try:
-            count = self._hit(self._key(prefix, index), self.duration + 1)
-        except RedisError as exc:
-            _store_unavailable(exc)
-            return True
+        assert self.num_requests
+        key, timeout, elapsed = self.current_key(prefix)
+        count = getattr(request._request, _TOKEN_HITS, None)  # counted by admit()
+        if count is None:
+            try:
+                count, _ = _count_and_read(key, timeout, ())
+            except RedisError as exc:
+                _store_unavailable(exc)
+                return True
         self._wait_seconds = self._wait_until_window_ends(elapsed)
         return count <= self.num_requests
 
@@ -138,20 +205,15 @@ class AuthFailureThrottle(_WindowThrottle):
 
     scope = "auth_failure"
 
-    def blocked_for(self, request: Any) -> int | None:
-        """Seconds until ``request``'s address may try again, or None when it may now."""
-        if self.rate is None:
-            return None
-        assert self.num_requests and self.duration
-        ip = client_ip(request)
+    def keys(self, request: Any) -> tuple[list[str], float]:
+        """The address's counters (previous window, this one), seconds into this window."""
         index, elapsed = self._window()
-        try:
-            counts = caches["default"].get_many([self._key(ip, index - 1), self._key(ip, index)])
-        except RedisError as exc:
-            _store_unavailable(exc)
-            return None
-        previous = int(counts.get(self._key(ip, index - 1), 0))
-        current = int(counts.get(self._key(ip, index), 0))
+        ip = client_ip(request)
+        return [self._key(ip, index - 1), self._key(ip, index)], elapsed
+
+    def blocked_for_counts(self, previous: int, current: int, elapsed: float) -> int | None:
+        """Seconds until an address with these counts may try again, or None when it may."""
+        assert self.num_requests and self.duration
         limit, duration = self.num_requests, self.duration
         if previous * (1 - elapsed / duration) + current < limit:
             return None
@@ -161,16 +223,53 @@ class AuthFailureThrottle(_WindowThrottle):
             seconds = duration - elapsed + duration * (1 - limit / current)
         return max(1, math.ceil(seconds))
 
+    def blocked_for(self, request: Any) -> int | None:
+        """Seconds until ``request``'s address may try again, or None when it may now."""
+        if self.rate is None:
+            return None
+        keys, elapsed = self.keys(request)
+        try:
+            _, (previous, current) = _count_and_read(None, 0, keys)
+        except RedisError as exc:
+            _store_unavailable(exc)
+            return None
+        return self.blocked_for_counts(previous, current, elapsed)
+
     def record(self, request: Any) -> None:
         if self.rate is None:
             return
         assert self.duration
-        index, _ = self._window()
+        keys, _ = self.keys(request)
         try:
             # Kept two windows: the next one still weighs this one.
-            self._hit(self._key(client_ip(request), index), 2 * self.duration + 1)
+            _count_and_read(keys[1], 2 * self.duration + 1, ())
         except RedisError as exc:
             _store_unavailable(exc)
+
+
+def admit(request: Request, prefix: str) -> None:
+    """For an accepted token: count the request against the token's rate and check the
+    address's rejected tokens, in one round trip; Throttled if the address is over its limit.
+
+    The token's new count is left on the request for TokenRateThrottle, which DRF runs after
+    the permission checks: a request refused there has been counted too.
+    """
+    tokens, failures = TokenRateThrottle(), AuthFailureThrottle()
+    hit_key, timeout = None, 0
+    if tokens.rate is not None:
+        hit_key, timeout, _ = tokens.current_key(prefix)
+    read_keys, elapsed = failures.keys(request) if failures.rate is not None else ([], 0.0)
+    if hit_key is None and not read_keys:
+        return
+    try:
+        count, counts = _count_and_read(hit_key, timeout, read_keys)
+    except RedisError as exc:
+        _store_unavailable(exc)
+        return
+    if hit_key is not None:
+        setattr(request._request, _TOKEN_HITS, count)
+    if read_keys and (wait := failures.blocked_for_counts(counts[0], counts[1], elapsed)):
+        raise Throttled(wait, "too many rejected tokens from this address.")
 
 
 _LOCKED_PAGE = """<!doctype html>

@@ -68,6 +68,22 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",  # last, as django-axes asks: turns a lockout into a page
 ]
 
+# /api/ requests (Bearer tokens, no cookies) skip the admin's middlewares: static files,
+# sessions, CSRF, authentication, messages and the login lockout (cdrservice.handlers).
+API_MIDDLEWARE = [
+    m
+    for m in MIDDLEWARE
+    if m
+    not in {
+        "whitenoise.middleware.WhiteNoiseMiddleware",
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "django.contrib.messages.middleware.MessageMiddleware",
+        "axes.middleware.AxesMiddleware",
+    }
+]
+
 ROOT_URLCONF = "cdrservice.urls"
 WSGI_APPLICATION = "cdrservice.wsgi.application"
 
@@ -97,6 +113,17 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # The same backend with a health check that needs no round trip (cdrs/pgbackend).
     DATABASES["default"]["ENGINE"] = "cdrs.pgbackend"
+    # Parameters bound by the server, and a statement run DB_PREPARE_THRESHOLD times on a
+    # connection is prepared (psycopg): a request's queries then skip PostgreSQL's parse and
+    # plan, which cost more than running them (a page: ~0.6 ms planning, 0.1 ms executing).
+    # Set DB_PREPARE_THRESHOLD=off behind a pooler in transaction mode (PgBouncer < 1.21).
+    _prepare = env_str("DB_PREPARE_THRESHOLD", "5")
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "server_side_binding": True,
+            "prepare_threshold": None if _prepare.lower() == "off" else int(_prepare),
+        }
+    )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets readers go on while one writer writes; the timeout waits for the lock.
     DATABASES["default"].setdefault("OPTIONS", {}).update(

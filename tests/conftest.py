@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
+import django.test.client
 import psycopg
 import pytest
 import redis
@@ -16,7 +17,17 @@ from django.conf import settings
 from django.test import Client
 
 from cdrs.tokens import mint_token
+from cdrservice.handlers import ApiChainMixin
 from tests.helpers import scratch_postgresql
+
+
+class ApiAwareClientHandler(ApiChainMixin, django.test.client.ClientHandler):
+    """The test client's handler with production's split: /api/ through API_MIDDLEWARE."""
+
+
+# Every test client (Client() builds its handler from this module global) serves requests
+# the way cdrservice.wsgi does; tests/test_handlers.py checks both against each other.
+django.test.client.ClientHandler = ApiAwareClientHandler  # type: ignore[misc]
 
 
 def _on_postgresql() -> bool:

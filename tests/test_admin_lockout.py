@@ -96,7 +96,7 @@ def test_wrong_passwords_lock_the_login_even_for_the_right_password(cache_backen
     response = log_in(attacker, "boss", PASSWORD)
     assert response.status_code == 429
     assert not logged_in(attacker)
-    assert_counters_in(cache_backend)
+    assert_counters_in(cache_backend, table="cdr_cache")
 
     # The lock is for that username at that address: the real admin elsewhere logs in, and
     # another username at the attacker's address is not locked.

@@ -71,3 +71,22 @@ def test_list_queries_use_indexes_not_sequential_scans(big_table):
     assert "cdr_search_trgm_idx" in plans["search"]
     assert "cdr_started_id_idx" in plans["deep cursor page"]
     assert "Index Cond" in plans["deep cursor page"]  # starts at the cursor, no OFFSET walk
+
+
+def test_an_extensions_page_stops_after_top_rows_instead_of_sorting_all_its_calls(big_table):
+    """Every extension of a PBX is in the planner's statistics (0008): a filter on one that
+    is far down the frequency list still walks the index newest first and stops at the
+    page, rather than fetching all its calls and sorting them (a bitmap scan and a Sort)."""
+    token = big_table
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT caller, count(*) FROM cdrs_cdr GROUP BY caller HAVING count(*) > 100 "
+            "ORDER BY count(*) DESC, caller"
+        )
+        frequent = cur.fetchall()
+    assert len(frequent) > 300, "the generated PBX should have hundreds of busy extensions"
+    for caller, _calls in frequent[150::50]:  # well past the default 100 most common values
+        for field in ("caller", "callee"):
+            text = plan(token, filter=f"{field} eq '{caller}'", top="50")
+            assert "Sort" not in text, f"{field} {caller}:\n{text}"
+            assert f"cdr_{field}_started_idx" in text, f"{field} {caller}:\n{text}"

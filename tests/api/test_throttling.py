@@ -1,5 +1,6 @@
 """Rate limits: rejected tokens per client IP and requests per token, 429 THROTTLED with
-Retry-After, counters shared by every process through Redis or the database cache."""
+Retry-After, counters shared by every process through Redis or the database's
+counter table (cdrs_rate_counter)."""
 
 from __future__ import annotations
 
@@ -45,11 +46,12 @@ def rates(**scoped: str | None) -> Iterator[None]:
         yield
 
 
-def assert_counters_in(cache_backend: str) -> None:
-    """The counters are where the backend under test keeps them (not some other cache)."""
+def assert_counters_in(cache_backend: str, table: str = "cdrs_rate_counter") -> None:
+    """The counters are where the backend under test keeps them (not some other cache): in
+    the database, the rate limits' own table, or the admin lockout's cache table."""
     if cache_backend == "database":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT COUNT(*) FROM cdr_cache")
+            cursor.execute(f"SELECT COUNT(*) FROM {table}")
             assert cursor.fetchone()[0] > 0
     else:
         prefix = settings.CACHES["default"]["KEY_PREFIX"]

@@ -1,0 +1,34 @@
+"""Finer planner statistics for ``caller`` and ``callee`` (PostgreSQL; a no-op on SQLite).
+
+``filter=caller eq '101'&top=50`` should walk cdr_caller_started_idx newest first and stop
+after 51 rows. With the default statistics target (100 most common values), a PBX's ~1,000
+extensions do not fit the list, so an extension with 1,600 calls was estimated at 40 rows:
+the planner then fetched all 1,600 rows and sorted them (16 ms instead of 0.13 ms, measured
+at 1M CDRs). A target of 1000 keeps every extension of such a PBX in the list; external
+numbers (one call each) stay out of it and are estimated as rare, which they are.
+"""
+
+from django.db import migrations
+
+COLUMNS = ("caller", "callee")
+
+
+def finer(apps, schema_editor):
+    if schema_editor.connection.vendor != "postgresql":
+        return
+    for column in COLUMNS:
+        schema_editor.execute(f'ALTER TABLE cdrs_cdr ALTER COLUMN "{column}" SET STATISTICS 1000')
+    schema_editor.execute("ANALYZE cdrs_cdr")
+
+
+def default(apps, schema_editor):
+    if schema_editor.connection.vendor != "postgresql":
+        return
+    for column in COLUMNS:
+        schema_editor.execute(f'ALTER TABLE cdrs_cdr ALTER COLUMN "{column}" SET STATISTICS -1')
+
+
+class Migration(migrations.Migration):
+    dependencies = [("cdrs", "0007_rate_counter")]
+
+    operations = [migrations.RunPython(finer, default)]
