@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypedDict, cast
 
-from django.db import connection, transaction
+from django.db import connections, transaction
 from django.db.models import F, Func, IntegerField, OrderBy, Q, QuerySet
 
-from cdrs import timeouts
+from cdrs import routers, timeouts
 from cdrs.expressions import Rfc3339
 from cdrs.fields import TIMESTAMP_FIELD_NAMES, visible_field_names
 from cdrs.models import ApiToken, Cdr, CdrCounter
@@ -107,7 +107,7 @@ def cdr_total() -> int:
     """Number of stored CDRs from the counter slots (no COUNT(*) over the table)."""
     # Plain SQL: this runs on every unfiltered list request; the ORM's aggregate() costs
     # more to compile than the query costs to run.
-    with connection.cursor() as cur:
+    with connections[routers.read_alias()].cursor() as cur:
         cur.execute(f"SELECT COALESCE(SUM(rows), 0) FROM {CdrCounter._meta.db_table}")
         return int(cur.fetchone()[0])
 
@@ -209,17 +209,20 @@ def cdr_get(*, token: ApiToken, cdr_id: int) -> CdrRow | None:
 def cdr_export_rows(
     *, token: ApiToken, options: ListOptions, chunk_size: int = 2000
 ) -> Iterator[CdrRow]:
-    """Every matching CDR, streamed (server-side cursor on PostgreSQL)."""
+    """Every matching CDR, streamed (server-side cursor on PostgreSQL).
+
+    From the database the request reads now (``routers.read_alias``), to the last row."""
     fields = visible_field_names(billing=token.scope_billing)
+    alias = routers.read_alias()
     qs = _filtered(token, options).order_by(*_order_by(options.order))
-    rows = qs.values_list(*_columns(fields))
+    rows = qs.values_list(*_columns(fields)).using(alias)
 
     def stream() -> Iterator[CdrRow]:
         # In a transaction Django declares the server-side cursor WITHOUT HOLD, so PostgreSQL
         # hands rows over as they are fetched; outside one, a WITH HOLD cursor is computed in
         # full at its first commit, and the first byte would wait for the whole export.
-        with transaction.atomic():
-            timeouts.use_export_timeout()  # the export's own, longer limit, until it ends
+        with transaction.atomic(using=alias):
+            timeouts.use_export_timeout(alias)  # the export's own, longer limit, until it ends
             yield from _as_dicts(fields, rows.iterator(chunk_size=chunk_size))
 
     return stream()
