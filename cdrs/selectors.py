@@ -201,7 +201,7 @@ def cdr_get(*, token: ApiToken, cdr_id: int) -> CdrRow | None:
         return qs.values_list(*_columns(fields))[:1]
 
     found = compiled.fetch_shaped(
-        ("detail", fields), make, domains=token.domains or (), where=Q(pk=cdr_id)
+        ("detail", fields), make, domains=token.domains or (), where=Q(id__cdr_id=cdr_id)
     )
     return next(_as_dicts(fields, found), None)
 
