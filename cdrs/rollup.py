@@ -183,6 +183,30 @@ def add_inserted(rows: Sequence[dict[str, Any]]) -> None:
     _upsert_totals(_totals(groups), slot)
 
 
+def subtract_deleted(rows: Sequence[dict[str, Any]]) -> None:
+    """Take CDRs just deleted (model values) out of the rollup, in the caller's transaction.
+
+    Retention (``cdrs.retention``): a pruned call leaves the statistics as it leaves the
+    list, so /api/cdrs/stats gives one answer whether it reads the rollup or the CDRs.
+    """
+    if not rows:
+        return
+    slot = random.randrange(SLOTS)
+    groups = {key: [-value for value in acc] for key, acc in accumulate(rows).items()}
+    _upsert(groups, slot)
+    _upsert_totals(_totals(groups), slot)
+
+
+def forget_hours(first_hour: int, end_hour: int) -> None:
+    """Delete the rollup rows of hours ``first_hour`` <= hour < ``end_hour`` (the hours of
+    a dropped partition: every CDR of them is gone)."""
+    with connection.cursor() as cur:
+        for table in (TABLE, TOTALS_TABLE):
+            cur.execute(
+                f"DELETE FROM {table} WHERE hour >= %s AND hour < %s", [first_hour, end_hour]
+            )
+
+
 def rebuild(using_connection: Any = None) -> None:
     """Recompute the whole rollup from ``cdrs_cdr`` (raw SQL only: usable in migrations)."""
     conn = using_connection or connection
