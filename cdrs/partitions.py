@@ -32,6 +32,7 @@ DEFAULT_PARTITION = "cdrs_cdr_default"
 REGISTRY = "cdrs_cdr_id"
 MONTHS_AHEAD = 3  # months after the current one that ``ensure`` creates
 _PREFIX = "cdrs_cdr_p"
+LOAD_PREFIX = "cdrs_cdr_load_"  # a backfill's month being loaded: cdrs_cdr_load_YYYY_MM_<pid>_x
 # A standalone table with the CDR table's columns, collations, defaults and CHECKs.
 LIKE_OPTIONS = "INCLUDING DEFAULTS INCLUDING CONSTRAINTS"
 
@@ -152,6 +153,7 @@ def ensure(
     if not is_partitioned(conn):
         say("nothing to do: cdrs_cdr is not partitioned (SQLite, or not migrated)")
         return []
+    drop_orphan_loads(conn=conn, say=say)
     today = today or datetime.now(UTC).date()
     last = month_of(today)
     for _ in range(ahead):
@@ -171,6 +173,28 @@ def ensure(
             created.append(partition_name(month))
             say(f"created {partition_name(month)}")
     return created
+
+
+def drop_orphan_loads(*, conn: Any = None, say: Say = _quiet) -> list[str]:
+    """Drop the tables of backfills whose connection is gone (an import killed mid-file;
+    re-running it loads those months again)."""
+    conn = conn or default_connection
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT relname FROM pg_class WHERE relkind = 'r' AND relname LIKE %s",
+            [LOAD_PREFIX.replace("_", r"\_") + "%"],
+        )
+        names = [row[0] for row in cur.fetchall()]
+        cur.execute("SELECT pid FROM pg_stat_activity")
+        alive = {str(row[0]) for row in cur.fetchall()}
+        dropped = []
+        for name in names:
+            parts = name.removeprefix(LOAD_PREFIX).split("_")
+            if len(parts) == 4 and parts[2] not in alive:
+                cur.execute(f"DROP TABLE IF EXISTS {name}")
+                dropped.append(name)
+                say(f"dropped {name}, left by an import that was killed")
+    return dropped
 
 
 def split_default(*, conn: Any = None, say: Say = _quiet) -> dict[str, int]:

@@ -120,53 +120,54 @@ _MEASURES_SQL = (
 )
 _HOURLY_CDRS = (
     "(SELECT floor(extract(epoch FROM started_at) / 3600)::bigint AS hour, * "
-    "FROM cdrs_cdr WHERE {where}) AS c"
+    "FROM {table} WHERE {where}) AS c"
 )
 
 
-def _stats_select_sql(where: str) -> str:
+def _stats_select_sql(where: str, table: str = "cdrs_cdr") -> str:
     """PostgreSQL: the rollup rows (slot: first parameter) of the CDRs ``where`` selects, in
     key order, so concurrent writers lock rows in one order (no deadlock)."""
     dims = ", ".join(DIMENSIONS)
     return (
         f"SELECT hour, {_dims_key_sql()} AS dims_key, %s, {dims}, {_MEASURES_SQL} "
-        f"FROM {_HOURLY_CDRS.format(where=where)} GROUP BY hour, {dims} "
+        f"FROM {_HOURLY_CDRS.format(table=table, where=where)} GROUP BY hour, {dims} "
         "ORDER BY hour, dims_key"
     )
 
 
-def _totals_select_sql(where: str) -> str:
+def _totals_select_sql(where: str, table: str = "cdrs_cdr") -> str:
     """PostgreSQL: the per-hour totals (slot: first parameter) of the CDRs ``where`` selects."""
     return (
-        f"SELECT hour, %s, {_MEASURES_SQL} FROM {_HOURLY_CDRS.format(where=where)} "
+        f"SELECT hour, %s, {_MEASURES_SQL} FROM {_HOURLY_CDRS.format(table=table, where=where)} "
         "GROUP BY hour ORDER BY hour"
     )
 
 
-def _add_inserted_sql(ids: list[int], first: Any, last: Any, slot: int) -> None:
-    """PostgreSQL: aggregate the inserted rows in SQL, found by primary key.
-
-    The rows' started_at range (``first``..``last``) lets the planner read only the
-    partitions that can hold them (an id alone is looked up in every partition).
+def _add_inserted_sql(where: str, params: list[Any], slot: int, table: str = "cdrs_cdr") -> None:
+    """PostgreSQL: aggregate the inserted rows in SQL, found by ``where`` in ``table``.
 
     A multi-row VALUES list built in Python cost as much as the CDR insert itself (psycopg
     composing ~14,000 parameters for a 1,000-row batch of historical CDRs, ~1 key a row).
     """
     stats_updates = ", ".join(f"{m} = {TABLE}.{m} + excluded.{m}" for m in MEASURES)
     totals_updates = ", ".join(f"{m} = {TOTALS_TABLE}.{m} + excluded.{m}" for m in MEASURES)
-    where = "id = ANY(%s) AND started_at BETWEEN %s AND %s"
     with connection.cursor() as cur:
         cur.execute(
-            f"INSERT INTO {TABLE} ({', '.join(_COLUMNS)}) {_stats_select_sql(where)} "
+            f"INSERT INTO {TABLE} ({', '.join(_COLUMNS)}) {_stats_select_sql(where, table)} "
             f"ON CONFLICT (hour, dims_key, slot) DO UPDATE SET {stats_updates}",
-            [slot, ids, first, last],
+            [slot, *params],
         )
         cur.execute(
             f"INSERT INTO {TOTALS_TABLE} (hour, slot, {', '.join(MEASURES)}) "
-            f"{_totals_select_sql(where)} "
+            f"{_totals_select_sql(where, table)} "
             f"ON CONFLICT (hour, slot) DO UPDATE SET {totals_updates}",
-            [slot, ids, first, last],
+            [slot, *params],
         )
+
+
+def add_table(table: str) -> None:
+    """PostgreSQL: add every CDR of ``table`` (a backfilled month, ``cdrs.backfill``)."""
+    _add_inserted_sql("true", [], random.randrange(SLOTS), table)
 
 
 def add_inserted(rows: Sequence[dict[str, Any]]) -> None:
@@ -175,8 +176,12 @@ def add_inserted(rows: Sequence[dict[str, Any]]) -> None:
         return
     slot = random.randrange(SLOTS)
     if connection.vendor == "postgresql":
+        # The rows' started_at range lets the planner read only the partitions that can
+        # hold them (an id alone is looked up in every partition).
         starts = [row["started_at"] for row in rows]
-        _add_inserted_sql([row["id"] for row in rows], min(starts), max(starts), slot)
+        ids = [row["id"] for row in rows]
+        where = "id = ANY(%s) AND started_at BETWEEN %s AND %s"
+        _add_inserted_sql(where, [ids, min(starts), max(starts)], slot)
         return
     groups = accumulate(rows)
     _upsert(groups, slot)
