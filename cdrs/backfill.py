@@ -122,7 +122,7 @@ class Backfill:
                 month = next(m for m, t in self.tables.items() if t == table)
                 self.staged[month] += len(staged)
             if new_ids:
-                self._copy_ids(cur, new_ids)
+                cur.execute(f"INSERT INTO {GENERATED} (id) SELECT unnest(%s::bigint[])", [new_ids])
         return ordinary
 
     @staticmethod
@@ -133,15 +133,6 @@ class Backfill:
         ):
             for row in rows:
                 copy.write_row([row[c] for c in INSERT_COLUMNS])
-
-    @staticmethod
-    def _copy_ids(cur: Any, ids: list[int]) -> None:
-        with (
-            connection.wrap_database_errors,
-            cur.connection.cursor().copy(f"COPY {GENERATED} (id) FROM STDIN") as copy,
-        ):
-            for value in ids:
-                copy.write_row((value,))
 
     def finish(self) -> Iterator[MonthResult]:
         """Attach every staged month (see the module's steps); one result per month."""
