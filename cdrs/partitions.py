@@ -26,6 +26,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from django.db import connection as default_connection
+from django.db import transaction
 
 TABLE = "cdrs_cdr"
 DEFAULT_PARTITION = "cdrs_cdr_default"
@@ -36,6 +37,7 @@ LOAD_PREFIX = "cdrs_cdr_load_"  # a backfill's month being loaded: cdrs_cdr_load
 # A standalone table with the CDR table's columns, collations, defaults and CHECKs.
 LIKE_OPTIONS = "INCLUDING DEFAULTS INCLUDING CONSTRAINTS"
 
+_LOCK_KEY = 0x0CD8_7A27  # pg_advisory_xact_lock: one partition maintainer at a time
 Say = Callable[[str], None]
 
 
@@ -158,9 +160,11 @@ def ensure(
     last = month_of(today)
     for _ in range(ahead):
         last = next_month(last)
-    existing = {p.month for p in partitions(conn)}
     created: list[str] = []
-    with conn.cursor() as cur:
+    with transaction.atomic(using=conn.alias), conn.cursor() as cur:
+        # Two app servers running migrate at once: one creates, the other then sees it.
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
+        existing = {p.month for p in partitions(conn)}
         cur.execute(f"CREATE TABLE IF NOT EXISTS {DEFAULT_PARTITION} PARTITION OF {TABLE} DEFAULT")
         waiting = set(_default_months(cur))
         for month in months(first or month_of(today), last):
@@ -205,8 +209,6 @@ def split_default(*, conn: Any = None, say: Say = _quiet) -> dict[str, int]:
     constraint matching the bound lets ATTACH skip its validation scan. Id and started_at
     do not change, so the id registry stays as it is.
     """
-    from django.db import transaction
-
     conn = conn or default_connection
     if not is_partitioned(conn):
         say("nothing to do: cdrs_cdr is not partitioned (SQLite, or not migrated)")
@@ -218,7 +220,11 @@ def split_default(*, conn: Any = None, say: Say = _quiet) -> dict[str, int]:
         name = partition_name(month)
         lo, hi = month_start(month), month_start(next_month(month))
         with transaction.atomic(using=conn.alias), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
             cur.execute(f"LOCK TABLE {DEFAULT_PARTITION} IN SHARE ROW EXCLUSIVE MODE")
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
+            if cur.fetchone()[0]:  # split meanwhile by another run
+                continue
             cur.execute(
                 f"CREATE TABLE {name} (LIKE {TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
             )
