@@ -81,9 +81,11 @@ class CdrIdExact(Exact):
     """
 
     def as_postgresql(self, compiler: SQLCompiler, connection: BaseDatabaseWrapper) -> _SqlParams:
-        from cdrs.partitions import REGISTRY
+        from cdrs.partitions import REGISTRY, has_registry
 
         sql, params = super().as_sql(compiler, connection)
+        if not has_registry(connection):
+            return sql, list(params)
         rhs_sql, rhs_params = self.process_rhs(compiler, connection)
         started_at = f'{compiler.quote_name_unless_alias(self.lhs.alias)}."started_at"'
         sql = f"({sql} AND {started_at} = (SELECT started_at FROM {REGISTRY} WHERE id = {rhs_sql}))"

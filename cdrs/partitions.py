@@ -90,6 +90,22 @@ def is_partitioned(conn: Any = None) -> bool:
     return row is not None and row[0] == "p"
 
 
+def has_registry(conn: Any = None) -> bool:
+    """Whether writes and id lookups go through ``cdrs_cdr_id`` on this connection's database
+    (PostgreSQL after migration 0007). Asked once per connection object (a process); a
+    schema change under a running process needs its restart, as any migration does."""
+    conn = conn or default_connection
+    found = getattr(conn, "_cdr_has_registry", None)
+    if found is None:
+        found = False
+        if conn.vendor == "postgresql":
+            with conn.cursor() as cur:
+                cur.execute("SELECT to_regclass(%s) IS NOT NULL", [REGISTRY])
+                found = bool(cur.fetchone()[0])
+        conn._cdr_has_registry = found
+    return bool(found)
+
+
 @dataclass(frozen=True)
 class Partition:
     name: str

@@ -16,7 +16,7 @@ from django.db import IntegrityError, connection, transaction
 
 from cdrs import metrics, rollup
 from cdrs.ids import LOW_MASK, snowflake
-from cdrs.partitions import REGISTRY
+from cdrs.partitions import REGISTRY, has_registry
 from cdrs.validation import INSERT_COLUMNS
 
 if TYPE_CHECKING:
@@ -105,15 +105,16 @@ def _insert_rows(rows: Sequence[dict[str, Any]]) -> set[int]:
     if connection.vendor == "postgresql" and len(rows) > SMALL_BATCH:
         with connection.cursor() as cur:
             _stage_rows(cur, rows)
+            where = f"WHERE {_ID_FREE}" if has_registry() else ""
             cur.execute(
                 f"INSERT INTO cdrs_cdr ({_COLS}) SELECT {_COLS} FROM {STAGING_TABLE} s "
-                f"WHERE {_ID_FREE} ON CONFLICT DO NOTHING RETURNING id"
+                f"{where} ON CONFLICT DO NOTHING RETURNING id"
             )
             return {r[0] for r in cur.fetchall()}
     inserted: set[int] = set()
     # The fields' own adapters: datetimes, UUIDs and decimals as each backend stores them.
     model_fields = [Cdr._meta.get_field(c) for c in INSERT_COLUMNS]
-    if connection.vendor == "postgresql":
+    if has_registry():
         # SELECT from VALUES, to skip registered ids as above; typed, as VALUES alone would
         # take an all-NULL column for text.
         types = [f.db_type(connection) for f in model_fields]  # type: ignore[union-attr]
@@ -146,7 +147,7 @@ def _insert_rows_or_race(rows: Sequence[dict[str, Any]]) -> set[int]:
     values at once both pass it, and the later one's registry insert then fails. Its rows
     are then looked up like any other not inserted, and the id is found taken.
     """
-    if connection.vendor != "postgresql":
+    if not has_registry():
         return _insert_rows(rows)
     try:
         with transaction.atomic():
@@ -182,10 +183,11 @@ def _stored_ids(rows: Sequence[dict[str, Any]]) -> tuple[dict[int, bool], dict[A
             ):
                 for row in rows:
                     copy.write_row((row["id"], row["natural_key"], row["started_at"]))
+            ids_table = REGISTRY if has_registry() else "cdrs_cdr"
             # Ids in the registry (one index, not one per partition); natural keys with
             # their started_at, the partition key, so each probe reads one partition.
             cur.execute(
-                f"SELECT c.id, NULL FROM {LOOKUP_TABLE} k JOIN {REGISTRY} c ON c.id = k.id "
+                f"SELECT c.id, NULL FROM {LOOKUP_TABLE} k JOIN {ids_table} c ON c.id = k.id "
                 f"UNION ALL SELECT c.id, c.natural_key FROM {LOOKUP_TABLE} k "
                 "JOIN cdrs_cdr c ON c.natural_key = k.natural_key "
                 "AND c.started_at = k.started_at"
@@ -195,7 +197,7 @@ def _stored_ids(rows: Sequence[dict[str, Any]]) -> tuple[dict[int, bool], dict[A
         return by_id, {key.hex: pk for pk, key in found if key is not None}
     ids = [r["id"] for r in rows]
     keys = [r["natural_key"] for r in rows]
-    if connection.vendor == "postgresql":
+    if has_registry():
         with connection.cursor() as cur:
             cur.execute(f"SELECT id FROM {REGISTRY} WHERE id = ANY(%s)", [ids])
             by_id = {pk: True for (pk,) in cur.fetchall()}
