@@ -1,5 +1,4 @@
-"""Custom lookups: case-sensitive substrings (``ccontains``, ``cstartswith``, ``cendswith``)
-and ``cdr_id``, the detail lookup by id that reads one partition (see ``CdrIdExact``).
+"""Case-sensitive substring lookups on every backend: ``ccontains``, ``cstartswith``, ``cendswith``.
 
 Django's ``contains``/``startswith``/``endswith`` are case-sensitive on PostgreSQL (``LIKE``)
 but not on SQLite, where ``LIKE`` folds ASCII case. The filter language promises OData's
@@ -20,15 +19,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from django.db.models import BigIntegerField, CharField
-from django.db.models.lookups import (
-    Contains,
-    EndsWith,
-    Exact,
-    Lookup,
-    PatternLookup,
-    StartsWith,
-)
+from django.db.models import CharField
+from django.db.models.lookups import Contains, EndsWith, Lookup, PatternLookup, StartsWith
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -73,25 +65,6 @@ class CaseSensitiveEndsWith(EndsWith):
         return sql, rhs_params + lhs_params + rhs_params * 2
 
 
-class CdrIdExact(Exact):
-    """``Cdr.objects.filter(id__cdr_id=n)``: ``id = n``, and on PostgreSQL the CDR's
-    started_at from the id registry, so the planner reads one partition's index instead of
-    every partition's (``cdrs.partitions``; an unknown id reads none). The value reaches
-    the parameters unchanged (twice), so compiled shapes keep it as a slot.
-    """
-
-    def as_postgresql(self, compiler: SQLCompiler, connection: BaseDatabaseWrapper) -> _SqlParams:
-        from cdrs.partitions import REGISTRY, has_registry
-
-        sql, params = super().as_sql(compiler, connection)
-        if not has_registry(connection):
-            return sql, list(params)
-        rhs_sql, rhs_params = self.process_rhs(compiler, connection)
-        started_at = f'{compiler.quote_name_unless_alias(self.lhs.alias)}."started_at"'
-        sql = f"({sql} AND {started_at} = (SELECT started_at FROM {REGISTRY} WHERE id = {rhs_sql}))"
-        return sql, [*params, *rhs_params]
-
-
 LOOKUPS: dict[str, type[PatternLookup]] = {
     "ccontains": CaseSensitiveContains,
     "cstartswith": CaseSensitiveStartsWith,
@@ -103,4 +76,3 @@ def register() -> None:
     """Called once from ``CdrsConfig.ready()``: the one place custom lookups are registered."""
     for name, lookup in LOOKUPS.items():
         CharField.register_lookup(lookup, lookup_name=name)
-    BigIntegerField.register_lookup(CdrIdExact, lookup_name="cdr_id")
