@@ -254,6 +254,9 @@ CDR_STATEMENT_TIMEOUT_MS = env_int("CDR_STATEMENT_TIMEOUT_MS", 5000)
 CDR_EXPORT_STATEMENT_TIMEOUT_MS = env_int("CDR_EXPORT_STATEMENT_TIMEOUT_MS", 60000)
 # Largest skip= the list accepts; deeper pages go by cursor (constant cost at any depth).
 CDR_MAX_SKIP = env_int("CDR_MAX_SKIP", 100000)
+# Retention (manage.py prune_cdrs, cdrs/retention.py): the default of --older-than, in days;
+# 0: no default (prune_cdrs then needs --before or --older-than).
+CDR_RETENTION_DAYS = env_int("CDR_RETENTION_DAYS", 0)
 
 # --- Admin login: django-axes locks a username at an address after repeated failures ---
 AUTHENTICATION_BACKENDS = [
