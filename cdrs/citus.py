@@ -2,7 +2,7 @@
 
 Nothing here runs on SQLite or on PostgreSQL without the ``citus`` extension. On a database
 where ``CREATE EXTENSION citus`` was run and the workers registered, ``migrate`` (migration
-0009_citus) distributes two tables and leaves every other one a plain table on the coordinator:
+0010_citus) distributes two tables and leaves every other one a plain table on the coordinator:
 
 - ``cdrs_cdr`` by ``id`` (hash, ``citus.shard_count`` shards, 32 by default): detail by id
   and the ingest's conflict check on id read one shard; lists by time, filters, search,
@@ -72,7 +72,7 @@ def in_use(connection: Any = None) -> bool:
 
 
 def distribute(connection: Any) -> None:
-    """Distribute the CDR table and the natural-key table (migration 0009_citus; idempotent).
+    """Distribute the CDR table and the natural-key table (migration 0010_citus; idempotent).
 
     Unique constraints of ``cdrs_cdr`` that lack ``id`` (the natural key's, whatever columns
     it was extended with) are dropped: ``cdrs_cdr_natural_key`` enforces them instead.
@@ -122,7 +122,7 @@ def distribute(connection: Any) -> None:
 
 
 def undistribute(connection: Any) -> None:
-    """Back to local tables on the coordinator (migration 0009_citus reversed)."""
+    """Back to local tables on the coordinator (migration 0010_citus reversed)."""
     with connection.cursor() as cur:
         if not extension_installed(cur):
             return
@@ -213,6 +213,30 @@ def stored_ids(rows: Sequence[dict[str, Any]]) -> tuple[dict[int, bool], dict[st
         )
         by_key = {key.hex: pk for key, pk in cur.fetchall()}
     return by_id, by_key
+
+
+# --- retention: what the registry's triggers and the unique index did on plain PostgreSQL ---
+
+
+def forget_deleted(ids: Sequence[int]) -> None:
+    """Deleted CDRs leave the id registry and the natural-key table (no trigger on Citus;
+    a key left behind would make a re-sent copy of the CDR a duplicate of nothing)."""
+    if not in_use() or not ids:
+        return
+    with default_connection.cursor() as cur:
+        if ID_REGISTRY in _distributed():
+            cur.execute(f"DELETE FROM {ID_REGISTRY} WHERE id = ANY(%s)", [list(ids)])
+        cur.execute(f"DELETE FROM {NATURAL_KEY_TABLE} WHERE cdr_id = ANY(%s)", [list(ids)])
+
+
+def forget_keys_between(cur: Any, first: Any, end: Any) -> None:
+    """A pruned month partition (started_at in [first, end)): its CDRs' natural keys go.
+    Keyed by started_at, not joined by id: the key table is distributed by key."""
+    if in_use():
+        cur.execute(
+            f"DELETE FROM {NATURAL_KEY_TABLE} WHERE started_at >= %s AND started_at < %s",
+            [first, end],
+        )
 
 
 # --- test databases on a Citus coordinator ------------------------------------------------------

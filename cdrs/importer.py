@@ -37,6 +37,7 @@ from typing import IO, Any
 from django.db import connection, transaction
 
 from cdrs import services
+from cdrs.backfill import Backfill
 from cdrs.export import csv_trailer_rows, ndjson_trailer_rows
 from cdrs.fields import ALL_FIELD_NAMES
 from cdrs.validation import validate_batch
@@ -61,6 +62,8 @@ class ImportStats:
     created: int = 0
     duplicates: int = 0
     rejected: int = 0
+    backfilled: int = 0  # of ``created``: rows attached as new month partitions
+    backfill_months: int = 0
     seconds: float = 0.0
     rejects: list[tuple[int, dict[str, str]]] = field(default_factory=list)
 
@@ -349,6 +352,15 @@ def analyze_after_import(created: int, threshold: int = ANALYZE_THRESHOLD) -> bo
     return True
 
 
+def _finish_backfill(months: Backfill, stats: ImportStats) -> None:
+    for month in months.finish():
+        stats.created += month.created
+        stats.duplicates += month.duplicates
+        if month.attached:
+            stats.backfilled += month.created
+            stats.backfill_months += 1
+
+
 def import_file(
     path: str,
     *,
@@ -358,12 +370,17 @@ def import_file(
     on_reject: Callable[[int, dict[str, str], Any], None] | None = None,
     on_progress: Callable[[ImportStats, int, int | None], None] | None = None,
     batch_rows: int = BATCH_ROWS,
+    backfill: bool = True,
 ) -> ImportStats:
     """Import one file. Strict: all or nothing. Lenient: valid rows, batch by batch.
 
     A missing or wrong export trailer (see ``checked_trailers``) raises ImportFileError at
     the end of the file: strict imports load nothing, lenient ones keep the batches
     committed before it.
+
+    On partitioned PostgreSQL (and unless ``backfill=False``) the rows of months that hold
+    no CDR yet are loaded as new partitions at the end of the file (``cdrs.backfill``),
+    with the same de-duplication; lenient imports commit those months there, each whole.
     """
     fmt = detect_format(path, fmt)
     stream, counter, size, gzipped = open_source(path)
@@ -378,22 +395,34 @@ def import_file(
     batches = _validated_batches(
         records, text_mode=fmt == "csv", batch_rows=batch_rows, stats=stats, on_reject=on_reject
     )
+    months = Backfill() if backfill and Backfill.available() else None
     try:
         with transaction.atomic() if strict else contextlib.nullcontext():
             for batch in _prefetch(batches):
                 # Strict: after the first invalid row nothing more is loaded (all rolls back).
                 if not (strict and stats.rejected):
                     with transaction.atomic():
-                        created, duplicates = _load_batch(batch)
+                        rows = months.route(batch) if months else batch
+                        created, duplicates = _load_batch(rows) if rows else (0, 0)
                     stats.created += created
                     stats.duplicates += duplicates
                 if on_progress:
                     stats.seconds = time.monotonic() - started
                     on_progress(stats, counter.count, size)
+            if months and not (strict and stats.rejected):
+                _finish_backfill(months, stats)
             if strict and stats.rejected:
                 transaction.set_rollback(True)
                 stats.created = 0
                 stats.duplicates = 0
+    except ImportFileError:
+        if months and not strict:  # lenient: the whole batches read before it stay
+            _finish_backfill(months, stats)
+        raise
+    except BaseException:
+        if months and not strict:  # strict: the rollback took the staging tables
+            months.abandon()
+        raise
     finally:
         if path != "-":
             stream.close()

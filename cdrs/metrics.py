@@ -4,7 +4,10 @@ Series (all prefixed ``cdr_``):
 
 - ``cdr_http_requests_total{endpoint,method,status}``
 - ``cdr_http_request_duration_seconds{endpoint,method,status}`` (histogram)
-- ``cdr_db_queries_total{endpoint}``: SQL statements run on the default database
+- ``cdr_db_queries_total{endpoint}``: SQL statements run on the database (the primary and
+  any read replicas)
+- ``cdr_db_replica_failures_total{alias}``: reads a replica failed (unreachable, or an error
+  of its own) and that ran again on the next replica or the primary (``cdrs/routers.py``)
 - ``cdr_cdrs_ingested_total``: CDRs stored (API ingest and ``import_cdrs``), counted on commit
 - ``cdr_portsip_events_total{event_type,outcome}``: PortSIP webhook events by type
   (``call_cdr``, ``call_start``..., ``other`` for a type PortSIP does not document, ``none``
@@ -125,8 +128,13 @@ LATENCY = Histogram(
 )
 DB_QUERIES = Counter(
     "cdr_db_queries",
-    "SQL statements run on the default database while handling requests, by endpoint.",
+    "SQL statements run on the database (primary and replicas) while handling requests.",
     ["endpoint"],
+)
+REPLICA_FAILURES = Counter(
+    "cdr_db_replica_failures",
+    "Reads a replica failed that ran again on the next replica or the primary, by alias.",
+    ["alias"],
 )
 CDRS_INGESTED = Counter("cdr_cdrs_ingested", "CDRs stored (API ingest and import), on commit.")
 PORTSIP_EVENTS = Counter(
@@ -176,6 +184,19 @@ class _QueryCounter:
         return execute(sql, params, many, ctx)
 
 
+_NOTHING = contextlib.nullcontext()
+
+
+def _on_replicas(queries: _QueryCounter) -> contextlib.AbstractContextManager[Any]:
+    """``queries`` counting on every read replica too (nothing to do without replicas)."""
+    if not settings.CDR_REPLICA_ALIASES:
+        return _NOTHING
+    stack = contextlib.ExitStack()
+    for alias in settings.CDR_REPLICA_ALIASES:
+        stack.enter_context(connections[alias].execute_wrapper(queries))
+    return stack
+
+
 class MetricsMiddleware:
     """Counts requests, their latency and their SQL statements; unused when CDR_METRICS=false."""
 
@@ -188,7 +209,7 @@ class MetricsMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         queries = _QueryCounter()
         started = perf_counter()
-        with connections[DEFAULT_DB_ALIAS].execute_wrapper(queries):
+        with connections[DEFAULT_DB_ALIAS].execute_wrapper(queries), _on_replicas(queries):
             response = self.get_response(request)
         elapsed = perf_counter() - started
         method = request.method or ""
@@ -208,6 +229,12 @@ def count_ingested(created: int) -> None:
     """Count ``created`` stored CDRs once the caller's transaction commits (now if none)."""
     if created > 0 and getattr(settings, "CDR_METRICS", True):
         transaction.on_commit(functools.partial(CDRS_INGESTED.inc, created))
+
+
+def count_replica_failure(alias: str) -> None:
+    """Count one read a replica failed (``cdrs/routers.py``); ``alias`` comes from settings."""
+    if getattr(settings, "CDR_METRICS", True):
+        REPLICA_FAILURES.labels(alias).inc()
 
 
 def count_portsip_event(event_type: str, outcome: str) -> None:

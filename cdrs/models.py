@@ -27,6 +27,23 @@ class Cdr(models.Model):
     Strings are ``""`` when unknown, never NULL. Every limit and enum of the contract is a
     database constraint, so no write path (API, import, admin, raw SQL) can store a CDR the
     API could not have accepted.
+
+    On PostgreSQL the table is range-partitioned by month on ``started_at`` (``cdrs.partitions``,
+    migration 0007), and a unique index of a partitioned table must contain the partition
+    key. Both de-duplication guarantees hold all the same:
+
+    - Same natural key, one row: ``UNIQUE (natural_key, started_at)`` is as strong as
+      ``UNIQUE (natural_key)``, because the key is a hash over started_at (among others):
+      two rows with one key have one started_at (short of a 128-bit hash collision).
+    - Same id, one row: the database's primary key is ``(id, started_at)``, which alone would
+      let one id live under two started_at values (two partitions). ``cdrs_cdr_id`` is a
+      plain table with ``id`` as its primary key and one row per CDR, written by statement
+      triggers on ``cdrs_cdr`` in the same statement as the CDRs: an id stored under
+      another started_at fails there, across partitions and concurrent writers alike. Ids
+      we generate carry their time (snowflakes), but ids a PBX sends do not (PortSIP's are
+      its own), so a rule on the id's bits could not cover them; the registry covers both.
+      Django keeps ``id`` as the model's primary key (the ORM is unchanged: an id names
+      one row); see ``cdrs.partitions`` for the work that bypasses the triggers.
     """
 
     id = models.BigIntegerField(primary_key=True)
@@ -87,7 +104,12 @@ class Cdr(models.Model):
             models.Index(Lower("callee_domain"), name="cdr_callee_domain_lower_idx"),
         ]
         constraints = [
-            models.UniqueConstraint(fields=["natural_key"], name="cdr_natural_key_uniq"),
+            # Re-sent CDRs without an id (see natural_key). started_at is in the key because a
+            # partitioned table's unique index must hold the partition key; it changes nothing
+            # (the hash covers started_at).
+            models.UniqueConstraint(
+                fields=["natural_key", "started_at"], name="cdr_natural_key_uniq"
+            ),
             models.CheckConstraint(
                 condition=Q(direction__in=spine.DIRECTIONS), name="cdr_direction_valid"
             ),
@@ -120,7 +142,7 @@ class CdrNaturalKey(models.Model):
     CONFLICT DO NOTHING``) in the transaction that stores the CDR, so two concurrent senders
     of one call still store it once. ``started_at`` lets retention drop the keys of the CDRs
     it removes. Empty and unused on SQLite and plain PostgreSQL, where the constraint on
-    ``cdrs_cdr`` does the job (``cdrs.citus``, migration 0009_citus).
+    ``cdrs_cdr`` does the job (``cdrs.citus``, migration 0010_citus).
     """
 
     natural_key = models.UUIDField(primary_key=True)

@@ -120,31 +120,31 @@ _MEASURES_SQL = (
 )
 _HOURLY_CDRS = (
     "(SELECT floor(extract(epoch FROM started_at) / 3600)::bigint AS hour, * "
-    "FROM cdrs_cdr WHERE {where}) AS c"
+    "FROM {table} WHERE {where}) AS c"
 )
 
 
-def _stats_select_sql(where: str) -> str:
+def _stats_select_sql(where: str, table: str = "cdrs_cdr") -> str:
     """PostgreSQL: the rollup rows (slot: first parameter) of the CDRs ``where`` selects, in
     key order, so concurrent writers lock rows in one order (no deadlock)."""
     dims = ", ".join(DIMENSIONS)
     return (
         f"SELECT hour, {_dims_key_sql()} AS dims_key, %s, {dims}, {_MEASURES_SQL} "
-        f"FROM {_HOURLY_CDRS.format(where=where)} GROUP BY hour, {dims} "
+        f"FROM {_HOURLY_CDRS.format(table=table, where=where)} GROUP BY hour, {dims} "
         "ORDER BY hour, dims_key"
     )
 
 
-def _totals_select_sql(where: str) -> str:
+def _totals_select_sql(where: str, table: str = "cdrs_cdr") -> str:
     """PostgreSQL: the per-hour totals (slot: first parameter) of the CDRs ``where`` selects."""
     return (
-        f"SELECT hour, %s, {_MEASURES_SQL} FROM {_HOURLY_CDRS.format(where=where)} "
+        f"SELECT hour, %s, {_MEASURES_SQL} FROM {_HOURLY_CDRS.format(table=table, where=where)} "
         "GROUP BY hour ORDER BY hour"
     )
 
 
-def _add_inserted_sql(ids: list[int], slot: int) -> None:
-    """PostgreSQL: aggregate the inserted rows in SQL, found by primary key.
+def _add_inserted_sql(where: str, params: list[Any], slot: int, table: str = "cdrs_cdr") -> None:
+    """PostgreSQL: aggregate the inserted rows in SQL, found by ``where`` in ``table``.
 
     A multi-row VALUES list built in Python cost as much as the CDR insert itself (psycopg
     composing ~14,000 parameters for a 1,000-row batch of historical CDRs, ~1 key a row).
@@ -153,16 +153,21 @@ def _add_inserted_sql(ids: list[int], slot: int) -> None:
     totals_updates = ", ".join(f"{m} = {TOTALS_TABLE}.{m} + excluded.{m}" for m in MEASURES)
     with connection.cursor() as cur:
         cur.execute(
-            f"INSERT INTO {TABLE} ({', '.join(_COLUMNS)}) {_stats_select_sql('id = ANY(%s)')} "
+            f"INSERT INTO {TABLE} ({', '.join(_COLUMNS)}) {_stats_select_sql(where, table)} "
             f"ON CONFLICT (hour, dims_key, slot) DO UPDATE SET {stats_updates}",
-            [slot, ids],
+            [slot, *params],
         )
         cur.execute(
             f"INSERT INTO {TOTALS_TABLE} (hour, slot, {', '.join(MEASURES)}) "
-            f"{_totals_select_sql('id = ANY(%s)')} "
+            f"{_totals_select_sql(where, table)} "
             f"ON CONFLICT (hour, slot) DO UPDATE SET {totals_updates}",
-            [slot, ids],
+            [slot, *params],
         )
+
+
+def add_table(table: str) -> None:
+    """PostgreSQL: add every CDR of ``table`` (a backfilled month, ``cdrs.backfill``)."""
+    _add_inserted_sql("true", [], random.randrange(SLOTS), table)
 
 
 def add_inserted(rows: Sequence[dict[str, Any]]) -> None:
@@ -171,11 +176,40 @@ def add_inserted(rows: Sequence[dict[str, Any]]) -> None:
         return
     slot = random.randrange(SLOTS)
     if connection.vendor == "postgresql":
-        _add_inserted_sql([row["id"] for row in rows], slot)
+        # The rows' started_at range lets the planner read only the partitions that can
+        # hold them (an id alone is looked up in every partition).
+        starts = [row["started_at"] for row in rows]
+        ids = [row["id"] for row in rows]
+        where = "id = ANY(%s) AND started_at BETWEEN %s AND %s"
+        _add_inserted_sql(where, [ids, min(starts), max(starts)], slot)
         return
     groups = accumulate(rows)
     _upsert(groups, slot)
     _upsert_totals(_totals(groups), slot)
+
+
+def subtract_deleted(rows: Sequence[dict[str, Any]]) -> None:
+    """Take CDRs just deleted (model values) out of the rollup, in the caller's transaction.
+
+    Retention (``cdrs.retention``): a pruned call leaves the statistics as it leaves the
+    list, so /api/cdrs/stats gives one answer whether it reads the rollup or the CDRs.
+    """
+    if not rows:
+        return
+    slot = random.randrange(SLOTS)
+    groups = {key: [-value for value in acc] for key, acc in accumulate(rows).items()}
+    _upsert(groups, slot)
+    _upsert_totals(_totals(groups), slot)
+
+
+def forget_hours(first_hour: int, end_hour: int) -> None:
+    """Delete the rollup rows of hours ``first_hour`` <= hour < ``end_hour`` (the hours of
+    a dropped partition: every CDR of them is gone)."""
+    with connection.cursor() as cur:
+        for table in (TABLE, TOTALS_TABLE):
+            cur.execute(
+                f"DELETE FROM {table} WHERE hour >= %s AND hour < %s", [first_hour, end_hour]
+            )
 
 
 def rebuild(using_connection: Any = None) -> None:

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any, TypedDict, cast
 
-from django.db import connection, transaction
+from django.db import connections, transaction
 from django.db.models import F, Func, IntegerField, OrderBy, Q, QuerySet
 
-from cdrs import timeouts
+from cdrs import routers, timeouts
 from cdrs.expressions import Rfc3339
 from cdrs.fields import TIMESTAMP_FIELD_NAMES, visible_field_names
+from cdrs.ids import snowflake_time
 from cdrs.models import ApiToken, Cdr, CdrCounter
+from cdrs.partitions import REGISTRY, has_registry
 from cdrs.query import compiled
 from cdrs.query.cursor import encode_cursor, keyset_q
 from cdrs.query.options import ListOptions
@@ -107,11 +110,12 @@ def cdr_total() -> int:
     """Number of stored CDRs from the counter slots (no COUNT(*) over the table)."""
     # Plain SQL: this runs on every unfiltered list request; the ORM's aggregate() costs
     # more to compile than the query costs to run.
-    with connection.cursor() as cur:
+    with connections[routers.read_alias()].cursor() as cur:
         cur.execute(f"SELECT COALESCE(SUM(rows), 0) FROM {CdrCounter._meta.db_table}")
         return int(cur.fetchone()[0])
 
 
+_SNOWFLAKE_SLACK = timedelta(milliseconds=2)
 LIST_FIELDS = visible_field_names(billing=False)
 # Fields an index returns in order (each leads one): a page ordered by one of them is read
 # off the index and the scan stops. Any other order sorts every matching row.
@@ -192,34 +196,79 @@ def cdr_list(*, token: ApiToken, options: ListOptions) -> CdrPage:
     return CdrPage(rows=rows, count=count, next_cursor=next_cursor)
 
 
+def _snowflake_where(cdr_id: int) -> Q:
+    """``cdr_id`` as an id we generated: its started_at is the time in its bits (a window
+    of a few milliseconds around it, for float rounding), so the planner reads one month."""
+    made = snowflake_time(cdr_id)
+    return Q(
+        pk=cdr_id,
+        started_at__gte=made - _SNOWFLAKE_SLACK,
+        started_at__lt=made + 2 * _SNOWFLAKE_SLACK,
+    )
+
+
+def cdr_id_where(cdr_id: int) -> Q | None:
+    """The condition that finds the CDR ``cdr_id`` by its partition; None when no CDR has it.
+
+    On partitioned PostgreSQL a condition on ``id`` alone makes PostgreSQL plan every
+    partition (tens of milliseconds at 36 months) and probe each one's index. The id
+    registry gives the CDR's started_at, which the condition then carries, so one month's
+    partition is planned and read. (``cdr_get`` tries the snowflake's own time first.)
+    """
+    conn = connections[routers.read_alias()]  # the request's replica, or the primary
+    if not has_registry(conn):
+        return Q(pk=cdr_id)
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT started_at FROM {REGISTRY} WHERE id = %s", [cdr_id])
+        found = cur.fetchone()
+    return None if found is None else Q(pk=cdr_id, started_at=found[0])
+
+
 def cdr_get(*, token: ApiToken, cdr_id: int) -> CdrRow | None:
-    """One CDR with the fields the token may see, or None (also outside its domains)."""
+    """One CDR with the fields the token may see, or None (also outside its domains).
+
+    Partitioned PostgreSQL: first as an id we generated (a snowflake carries its time, so
+    one query reads one partition), then, not found so, through the id registry (a PBX's
+    own ids): ``cdr_id_where``.
+    """
     fields = visible_field_names(billing=token.scope_billing)
 
     def make(domains: Sequence[str], where: Q, _after: Any) -> QuerySet[Cdr, Any]:
         qs = Cdr.objects.filter(_domains_q(domains)).filter(where)
         return qs.values_list(*_columns(fields))[:1]
 
-    found = compiled.fetch_shaped(
-        ("detail", fields), make, domains=token.domains or (), where=Q(pk=cdr_id)
-    )
-    return next(_as_dicts(fields, found), None)
+    def fetch(where: Q) -> CdrRow | None:
+        found = compiled.fetch_shaped(
+            ("detail", fields), make, domains=token.domains or (), where=where
+        )
+        return next(_as_dicts(fields, found), None)
+
+    if has_registry(connections[routers.read_alias()]):
+        row = fetch(_snowflake_where(cdr_id))
+        if row is not None:
+            return row
+    # An unknown id reads again rather than answering at once: a domain-limited token then
+    # cannot tell by the time taken whether an id it may not see exists.
+    return fetch(cdr_id_where(cdr_id) or _snowflake_where(cdr_id))
 
 
 def cdr_export_rows(
     *, token: ApiToken, options: ListOptions, chunk_size: int = 2000
 ) -> Iterator[CdrRow]:
-    """Every matching CDR, streamed (server-side cursor on PostgreSQL)."""
+    """Every matching CDR, streamed (server-side cursor on PostgreSQL).
+
+    From the database the request reads now (``routers.read_alias``), to the last row."""
     fields = visible_field_names(billing=token.scope_billing)
+    alias = routers.read_alias()
     qs = _filtered(token, options).order_by(*_order_by(options.order))
-    rows = qs.values_list(*_columns(fields))
+    rows = qs.values_list(*_columns(fields)).using(alias)
 
     def stream() -> Iterator[CdrRow]:
         # In a transaction Django declares the server-side cursor WITHOUT HOLD, so PostgreSQL
         # hands rows over as they are fetched; outside one, a WITH HOLD cursor is computed in
         # full at its first commit, and the first byte would wait for the whole export.
-        with transaction.atomic():
-            timeouts.use_export_timeout()  # the export's own, longer limit, until it ends
+        with transaction.atomic(using=alias):
+            timeouts.use_export_timeout(alias)  # the export's own, longer limit, until it ends
             yield from _as_dicts(fields, rows.iterator(chunk_size=chunk_size))
 
     return stream()

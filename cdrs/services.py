@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 
 from cdrs import citus, metrics, rollup
 from cdrs.ids import LOW_MASK, snowflake
+from cdrs.partitions import REGISTRY, has_registry
 from cdrs.validation import INSERT_COLUMNS
 
 if TYPE_CHECKING:
@@ -70,6 +71,10 @@ class IngestResult:
 
 STAGING_TABLE = "cdr_staging"
 _COLS = ", ".join(INSERT_COLUMNS)
+# PostgreSQL: an id the registry holds is taken (the same CDR, or another under another
+# started_at, in another partition): the row is left out, and reported as a duplicate or
+# given a new id below, instead of failing the INSERT on the registry (cdrs.partitions).
+_ID_FREE = f"NOT EXISTS (SELECT 1 FROM {REGISTRY} r WHERE r.id = s.id)"
 
 
 def _stage_rows(cur: Any, rows: Sequence[dict[str, Any]]) -> None:
@@ -106,31 +111,45 @@ def _insert_rows(rows: Sequence[dict[str, Any]]) -> set[int]:
     with_id = [row for row in rows if row["id"] in ids]
     keys = citus.claim_natural_keys(with_id)
     mine = [row for row in with_id if row["natural_key"] in keys]
-    inserted = _insert_cdr_rows(mine)
+    inserted = _insert_cdr_rows(mine, ids_claimed=True)
     citus.release_ids([row for row in with_id if row["id"] not in inserted])
     citus.release_natural_keys([row for row in mine if row["id"] not in inserted])
     return inserted
 
 
-def _insert_cdr_rows(rows: Sequence[dict[str, Any]]) -> set[int]:
+def _insert_cdr_rows(rows: Sequence[dict[str, Any]], *, ids_claimed: bool = False) -> set[int]:
+    """``ids_claimed``: the ids are ours in the registry already (Citus, ``cdrs.citus``), so
+    no ``_ID_FREE`` check (Citus cannot run its correlated subquery on a temporary table or
+    a VALUES list)."""
     from cdrs.models import Cdr
 
     if not rows:
         return set()
+    check_ids = has_registry() and not ids_claimed
 
     if connection.vendor == "postgresql" and len(rows) > SMALL_BATCH:
         with connection.cursor() as cur:
             _stage_rows(cur, rows)
+            where = f"WHERE {_ID_FREE}" if check_ids else ""
             cur.execute(
-                f"INSERT INTO cdrs_cdr ({_COLS}) SELECT {_COLS} FROM {STAGING_TABLE} "
-                "ON CONFLICT DO NOTHING RETURNING id"
+                f"INSERT INTO cdrs_cdr ({_COLS}) SELECT {_COLS} FROM {STAGING_TABLE} s "
+                f"{where} ON CONFLICT DO NOTHING RETURNING id"
             )
             return {r[0] for r in cur.fetchall()}
     inserted: set[int] = set()
-    cols = _COLS
-    one = "(" + ", ".join(["%s"] * len(INSERT_COLUMNS)) + ")"
     # The fields' own adapters: datetimes, UUIDs and decimals as each backend stores them.
     model_fields = [Cdr._meta.get_field(c) for c in INSERT_COLUMNS]
+    if check_ids:
+        # SELECT from VALUES, to skip registered ids as above; typed, as VALUES alone would
+        # take an all-NULL column for text.
+        types = [f.db_type(connection) for f in model_fields]  # type: ignore[union-attr]
+        one = "(" + ", ".join(f"%s::{t}" for t in types) + ")"
+        head = f"INSERT INTO cdrs_cdr ({_COLS}) SELECT * FROM (VALUES "
+        tail = f") AS s ({_COLS}) WHERE {_ID_FREE} ON CONFLICT DO NOTHING RETURNING id"
+    else:
+        one = "(" + ", ".join(["%s"] * len(INSERT_COLUMNS)) + ")"
+        head = f"INSERT INTO cdrs_cdr ({_COLS}) VALUES "
+        tail = " ON CONFLICT DO NOTHING RETURNING id"
     with connection.cursor() as cur:
         for start in range(0, len(rows), _INSERT_CHUNK):
             chunk = rows[start : start + _INSERT_CHUNK]
@@ -140,13 +159,29 @@ def _insert_cdr_rows(rows: Sequence[dict[str, Any]]) -> set[int]:
                     f.get_db_prep_save(row[f.name], connection)  # type: ignore[union-attr]
                     for f in model_fields
                 )
-            cur.execute(
-                f"INSERT INTO cdrs_cdr ({cols}) VALUES {', '.join([one] * len(chunk))} "
-                "ON CONFLICT DO NOTHING RETURNING id",
-                params,
-            )
+            cur.execute(head + ", ".join([one] * len(chunk)) + tail, params)
             inserted.update(r[0] for r in cur.fetchall())
     return inserted
+
+
+def _insert_rows_or_race(rows: Sequence[dict[str, Any]]) -> set[int]:
+    """``_insert_rows``; on PostgreSQL none inserted when a concurrent writer registered
+    one of their ids under another started_at first (its statement is undone).
+
+    ``_ID_FREE`` only sees committed ids: two writers storing one id under two started_at
+    values at once both pass it, and the later one's registry insert then fails. Its rows
+    are then looked up like any other not inserted, and the id is found taken.
+    """
+    if not has_registry():
+        return _insert_rows(rows)
+    try:
+        with transaction.atomic():
+            return _insert_rows(rows)
+    except IntegrityError as exc:
+        cause = getattr(exc.__cause__, "diag", None)
+        if getattr(cause, "constraint_name", None) != f"{REGISTRY}_pkey":
+            raise
+        return set()
 
 
 LOOKUP_TABLE = "cdr_lookup"
@@ -164,29 +199,41 @@ def _stored_ids(rows: Sequence[dict[str, Any]]) -> tuple[dict[int, bool], dict[A
         # IN lists of 10,000 parameters cost more to build and parse than the join to run.
         with connection.cursor() as cur:
             cur.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {LOOKUP_TABLE} (id bigint, natural_key uuid)"
+                f"CREATE TEMP TABLE IF NOT EXISTS {LOOKUP_TABLE} "
+                "(id bigint, natural_key uuid, started_at timestamptz)"
             )
             cur.execute(f"TRUNCATE {LOOKUP_TABLE}")
             with (
                 connection.wrap_database_errors,  # as in stage_rows
                 cur.connection.cursor().copy(
-                    f"COPY {LOOKUP_TABLE} (id, natural_key) FROM STDIN"
+                    f"COPY {LOOKUP_TABLE} (id, natural_key, started_at) FROM STDIN"
                 ) as copy,
             ):
                 for row in rows:
-                    copy.write_row((row["id"], row["natural_key"]))
+                    copy.write_row((row["id"], row["natural_key"], row["started_at"]))
+            ids_table = REGISTRY if has_registry() else "cdrs_cdr"
+            # Ids in the registry (one index, not one per partition); natural keys with
+            # their started_at, the partition key, so each probe reads one partition.
             cur.execute(
-                f"SELECT c.id, NULL FROM {LOOKUP_TABLE} k JOIN cdrs_cdr c ON c.id = k.id "
+                f"SELECT c.id, NULL FROM {LOOKUP_TABLE} k JOIN {ids_table} c ON c.id = k.id "
                 f"UNION ALL SELECT c.id, c.natural_key FROM {LOOKUP_TABLE} k "
-                "JOIN cdrs_cdr c ON c.natural_key = k.natural_key"
+                "JOIN cdrs_cdr c ON c.natural_key = k.natural_key "
+                "AND c.started_at = k.started_at"
             )
             found = cur.fetchall()
         by_id = {pk: True for pk, key in found if key is None}
         return by_id, {key.hex: pk for pk, key in found if key is not None}
     ids = [r["id"] for r in rows]
     keys = [r["natural_key"] for r in rows]
-    by_id = {i: True for i in Cdr.objects.filter(pk__in=ids).values_list("pk", flat=True)}
-    stored = Cdr.objects.filter(natural_key__in=keys).values_list("natural_key", "pk")
+    if has_registry():
+        with connection.cursor() as cur:
+            cur.execute(f"SELECT id FROM {REGISTRY} WHERE id = ANY(%s)", [ids])
+            by_id = {pk: True for (pk,) in cur.fetchall()}
+    else:
+        by_id = {i: True for i in Cdr.objects.filter(pk__in=ids).values_list("pk", flat=True)}
+    stored = Cdr.objects.filter(
+        natural_key__in=keys, started_at__in={r["started_at"] for r in rows}
+    ).values_list("natural_key", "pk")
     by_key = {key.hex: pk for key, pk in stored}
     return by_id, by_key
 
@@ -217,7 +264,7 @@ def cdr_ingest(*, rows: list[dict[str, Any]]) -> IngestResult:
                 first_by_id[row["id"]] = i
                 first_by_key[row["natural_key"]] = i
                 to_insert.append(i)
-            inserted = _insert_rows([rows[i] for i in to_insert])
+            inserted = _insert_rows_or_race([rows[i] for i in to_insert])
             # Statistics of exactly the rows stored, in this transaction (cdrs.rollup).
             rollup.add_inserted([rows[i] for i in to_insert if rows[i]["id"] in inserted])
             first_set = set(to_insert)

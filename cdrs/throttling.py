@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -64,18 +65,18 @@ def _store_unavailable(exc: Exception) -> None:
 
 
 def _count_and_read(
-    hit_key: str | None, timeout: int, read_keys: Sequence[str]
+    hit_key: str | None, timeout: int, read_keys: Sequence[str], by: int = 1
 ) -> tuple[int, list[int]]:
-    """Count one hit under ``hit_key`` (kept ``timeout`` seconds; none when None) and read
+    """Add ``by`` hits under ``hit_key`` (kept ``timeout`` seconds; none when None) and read
     the counters ``read_keys`` (0 when absent), in one round trip: (new count, counts)."""
     store = caches["default"]
     if isinstance(store, RedisCache):
-        return _redis_count_and_read(store, hit_key, timeout, read_keys)
-    return _table_count_and_read(hit_key, timeout, read_keys)
+        return _redis_count_and_read(store, hit_key, timeout, read_keys, by)
+    return _table_count_and_read(hit_key, timeout, read_keys, by)
 
 
 def _redis_count_and_read(
-    store: RedisCache, hit_key: str | None, timeout: int, read_keys: Sequence[str]
+    store: RedisCache, hit_key: str | None, timeout: int, read_keys: Sequence[str], by: int
 ) -> tuple[int, list[int]]:
     # One pipeline, atomic (MULTI/EXEC): create the key with its expiry if it is new, INCR,
     # MGET. Django's own incr costs two round trips and a client object each (redis-py
@@ -87,7 +88,7 @@ def _redis_count_and_read(
     with client.pipeline() as pipe:
         if full_hit is not None:
             pipe.set(full_hit, 0, ex=timeout, nx=True)
-            pipe.incr(full_hit)
+            pipe.incrby(full_hit, by)
         if full_keys:
             pipe.mget(full_keys)
         results = pipe.execute()
@@ -97,14 +98,15 @@ def _redis_count_and_read(
 
 
 _UPSERT = (
-    "INSERT INTO cdrs_rate_counter (key, count, expires_at) VALUES (%s, 1, %s) "
-    "ON CONFLICT (key) DO UPDATE SET count = cdrs_rate_counter.count + 1 RETURNING count"
+    "INSERT INTO cdrs_rate_counter (key, count, expires_at) VALUES (%s, %s, %s) "
+    "ON CONFLICT (key) DO UPDATE SET count = cdrs_rate_counter.count + EXCLUDED.count "
+    "RETURNING count"
 )
 _READ_ONE = "(SELECT count FROM cdrs_rate_counter WHERE key = %s)"
 
 
 def _table_count_and_read(
-    hit_key: str | None, timeout: int, read_keys: Sequence[str]
+    hit_key: str | None, timeout: int, read_keys: Sequence[str], by: int
 ) -> tuple[int, list[int]]:
     now = int(time.time())
     reads = ", ".join([_READ_ONE] * len(read_keys))
@@ -117,18 +119,18 @@ def _table_count_and_read(
             # is right, as they read other keys.
             cursor.execute(
                 f"WITH hit AS ({_UPSERT}) SELECT (SELECT count FROM hit), {reads}",
-                [hit_key, now + timeout, *read_keys],
+                [hit_key, by, now + timeout, *read_keys],
             )
             row = cursor.fetchone()
             count, values = int(row[0]), [int(v or 0) for v in row[1:]]
         else:  # SQLite has no INSERT in a WITH; its statements cost no round trip
-            cursor.execute(_UPSERT, [hit_key, now + timeout])
+            cursor.execute(_UPSERT, [hit_key, by, now + timeout])
             count = int(cursor.fetchone()[0])
             values = []
             if read_keys:
                 cursor.execute(f"SELECT {reads}", list(read_keys))
                 values = [int(v or 0) for v in cursor.fetchone()]
-        if count == 1:  # a new window began for this key: forget the ended ones
+        if count == by:  # a new window began for this key: forget the ended ones
             cursor.execute("DELETE FROM cdrs_rate_counter WHERE expires_at < %s", [now])
     return count, values
 
@@ -240,6 +242,7 @@ class AuthFailureThrottle(_WindowThrottle):
             return
         assert self.duration
         keys, _ = self.keys(request)
+        _mark_address(client_ip(request), clean=False)  # read its counters next time
         try:
             # Kept two windows: the next one still weighs this one.
             _count_and_read(keys[1], 2 * self.duration + 1, ())
@@ -247,29 +250,99 @@ class AuthFailureThrottle(_WindowThrottle):
             _store_unavailable(exc)
 
 
+# --- the accepted-token path: few round trips under heavy use of one token ------------------
+#
+# One integrator's token can carry a thousand requests a second, and every one of them used to
+# update the same counter row (in the table: row lock waits and a new row version each).
+# Instead a process takes a *block* of counts at once (``count += n``) and hands them out to
+# its own requests: a request's number is still exact (the store's counts are the sum of the
+# blocks taken), so no more than the limit is ever let through; what a process has taken but
+# not used counts against the others until the window ends, so a busy token can be refused
+# up to RESERVE_SHARE of its limit per process early. Small limits (under RESERVE_SHARE's
+# inverse) take blocks of one: every request counted in the store, as before.
+RESERVE_SHARE = 1 / 200
+# An address whose rejected tokens were read as under the limit is not read again for this
+# long, unless this process records a rejection from it first (``record``).
+CLEAN_ADDRESS_SECONDS = 1.0
+_RESERVED_MAX = 4096  # entries kept per process before both maps are emptied
+
+_reserved: dict[str, tuple[int, int]] = {}  # counter key -> (last handed out, last taken)
+_clean_until: dict[str, float] = {}  # address -> monotonic time its counters were fine until
+_local_lock = threading.Lock()
+
+
+def _take_reserved(key: str) -> int | None:
+    """The next count of this process's block for ``key``, or None when it has none left."""
+    with _local_lock:
+        handed, taken = _reserved.get(key, (0, 0))
+        if handed >= taken:
+            return None
+        _reserved[key] = (handed + 1, taken)
+        return handed + 1
+
+
+def _keep_reserved(key: str, first: int, last: int) -> None:
+    """Counts ``first``..``last`` were taken for ``key``; ``first`` is being handed out now."""
+    with _local_lock:
+        if len(_reserved) > _RESERVED_MAX:
+            _reserved.clear()
+        _reserved[key] = (first, last)
+
+
+def _address_clean(ip: str) -> bool:
+    return _clean_until.get(ip, 0.0) > time.monotonic()
+
+
+def _mark_address(ip: str, clean: bool) -> None:
+    with _local_lock:
+        if not clean:
+            _clean_until.pop(ip, None)
+            return
+        if len(_clean_until) > _RESERVED_MAX:
+            _clean_until.clear()
+        _clean_until[ip] = time.monotonic() + CLEAN_ADDRESS_SECONDS
+
+
 def admit(request: Request, prefix: str) -> None:
     """For an accepted token: count the request against the token's rate and check the
-    address's rejected tokens, in one round trip; Throttled if the address is over its limit.
+    address's rejected tokens, in at most one round trip (none while this process holds
+    counts for the token and knows the address to be fine); Throttled if the address is
+    over its limit.
 
-    The token's new count is left on the request for TokenRateThrottle, which DRF runs after
-    the permission checks: a request refused there has been counted too.
+    The token's count is left on the request for TokenRateThrottle, which DRF runs after the
+    permission checks: a request refused there has been counted too.
     """
     tokens, failures = TokenRateThrottle(), AuthFailureThrottle()
-    hit_key, timeout = None, 0
+    hit_key, timeout, block = None, 0, 0
+    count: int | None = None
     if tokens.rate is not None:
+        assert tokens.num_requests
         hit_key, timeout, _ = tokens.current_key(prefix)
-    read_keys, elapsed = failures.keys(request) if failures.rate is not None else ([], 0.0)
-    if hit_key is None and not read_keys:
-        return
-    try:
-        count, counts = _count_and_read(hit_key, timeout, read_keys)
-    except RedisError as exc:
-        _store_unavailable(exc)
-        return
-    if hit_key is not None:
+        count = _take_reserved(hit_key)
+        if count is None:
+            block = max(1, int(tokens.num_requests * RESERVE_SHARE))
+    read_keys: list[str] = []
+    elapsed = 0.0
+    ip = client_ip(request)
+    if failures.rate is not None and not _address_clean(ip):
+        read_keys, elapsed = failures.keys(request)
+    if block or read_keys:
+        try:
+            total, counts = _count_and_read(hit_key if block else None, timeout, read_keys, block)
+        except RedisError as exc:
+            _store_unavailable(exc)
+            return
+        if block:
+            assert hit_key is not None
+            count = total - block + 1
+            _keep_reserved(hit_key, count, total)
+        if read_keys:
+            wait = failures.blocked_for_counts(counts[0], counts[1], elapsed)
+            _mark_address(ip, clean=wait is None)
+            if wait:
+                raise Throttled(wait, "too many rejected tokens from this address.")
+    if count is not None:
         setattr(request._request, _TOKEN_HITS, count)
-    if read_keys and (wait := failures.blocked_for_counts(counts[0], counts[1], elapsed)):
-        raise Throttled(wait, "too many rejected tokens from this address.")
 
 
 _LOCKED_PAGE = """<!doctype html>

@@ -15,7 +15,7 @@ the API answers it with 503 SERVICE_UNAVAILABLE (``cdrs/api/errors.py``).
 from __future__ import annotations
 
 from django.conf import settings
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections
 from psycopg import errors as pg_errors
 
 _serving = False
@@ -33,8 +33,10 @@ def startup_options() -> str:
     return f"-c statement_timeout={ms}" if _serving and ms > 0 else ""
 
 
-def use_export_timeout() -> None:
-    """Switch the current transaction to the export's statement timeout (PostgreSQL)."""
+def use_export_timeout(alias: str = DEFAULT_DB_ALIAS) -> None:
+    """Switch the current transaction on ``alias`` to the export's statement timeout
+    (PostgreSQL)."""
+    connection = connections[alias]
     if _serving and connection.vendor == "postgresql":
         with connection.cursor() as cur:
             # An int from the settings; SET takes no bind parameters.

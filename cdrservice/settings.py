@@ -12,8 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-import dj_database_url
-
+from cdrservice import databases
 from cdrservice.env import env_bool, env_int, env_list, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -103,32 +102,32 @@ TEMPLATES = [
 ]
 
 # SQLite file by default; DATABASE_URL (postgres://...) in production.
+# PostgreSQL statements run this many times on a connection are prepared (cdrservice/databases).
+_prepare = env_str("DB_PREPARE_THRESHOLD", "5")
+DB_PREPARE_THRESHOLD = None if _prepare.lower() == "off" else int(_prepare)
 DATABASES = {
-    "default": dj_database_url.config(
-        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+    databases.PRIMARY: databases.primary(
+        default_url=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
         conn_max_age=env_int("DB_CONN_MAX_AGE", 600),
-        conn_health_checks=True,
+        prepare_threshold=DB_PREPARE_THRESHOLD,
     )
 }
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # The same backend with a health check that needs no round trip (cdrs/pgbackend).
-    DATABASES["default"]["ENGINE"] = "cdrs.pgbackend"
-    # Parameters bound by the server, and a statement run DB_PREPARE_THRESHOLD times on a
-    # connection is prepared (psycopg): a request's queries then skip PostgreSQL's parse and
-    # plan, which cost more than running them (a page: ~0.6 ms planning, 0.1 ms executing).
-    # Set DB_PREPARE_THRESHOLD=off behind a pooler in transaction mode (PgBouncer < 1.21).
-    _prepare = env_str("DB_PREPARE_THRESHOLD", "5")
-    DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {
-            "server_side_binding": True,
-            "prepare_threshold": None if _prepare.lower() == "off" else int(_prepare),
-        }
-    )
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # WAL lets readers go on while one writer writes; the timeout waits for the lock.
-    DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
-    )
+
+# --- Read replicas (cdrs/routers.py; README "Read replicas") ---
+# Hot standbys of the primary, comma-separated URLs: the API's list, detail, stats and
+# export read from them in turn; everything else (writes, auth, the admin) uses the primary.
+# Unset: no replica aliases and no router, exactly one database as before.
+_replicas = databases.replicas(
+    env_list("DATABASE_REPLICA_URLS"),
+    primary=DATABASES[databases.PRIMARY],
+    conn_max_age=env_int("DB_CONN_MAX_AGE", 600),
+    prepare_threshold=DB_PREPARE_THRESHOLD,
+)
+DATABASES.update(_replicas)
+CDR_REPLICA_ALIASES = list(_replicas)
+DATABASE_ROUTERS = ["cdrs.routers.ReplicaRouter"] if _replicas else []
+# Seconds a replica that failed to answer is left out before it is tried again.
+CDR_REPLICA_DOWN_SECONDS = env_int("CDR_REPLICA_DOWN_SECONDS", 10)
 
 # --- Shared cache: the rate limits' and the admin lockout's counters (README "Security") ---
 # Every worker and app server must see the same counters, so never per-process memory:
@@ -255,6 +254,9 @@ CDR_STATEMENT_TIMEOUT_MS = env_int("CDR_STATEMENT_TIMEOUT_MS", 5000)
 CDR_EXPORT_STATEMENT_TIMEOUT_MS = env_int("CDR_EXPORT_STATEMENT_TIMEOUT_MS", 60000)
 # Largest skip= the list accepts; deeper pages go by cursor (constant cost at any depth).
 CDR_MAX_SKIP = env_int("CDR_MAX_SKIP", 100000)
+# Retention (manage.py prune_cdrs, cdrs/retention.py): the default of --older-than, in days;
+# 0: no default (prune_cdrs then needs --before or --older-than).
+CDR_RETENTION_DAYS = env_int("CDR_RETENTION_DAYS", 0)
 
 # --- Admin login: django-axes locks a username at an address after repeated failures ---
 AUTHENTICATION_BACKENDS = [

@@ -14,6 +14,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
 from importlib import import_module
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -25,7 +26,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 
-from cdrs import citus
+from cdrs import citus, jsonenc
 from cdrs.ids import encode_id
 from cdrs.models import Cdr, CdrNaturalKey
 from tests.factories import cdr_payload, create_cdrs, create_generated
@@ -88,6 +89,34 @@ def test_the_natural_key_table_holds_exactly_the_stored_cdrs_keys():
     stored = set(Cdr.objects.values_list("natural_key", "id"))
     assert set(CdrNaturalKey.objects.values_list("natural_key", "cdr_id")) == stored
     assert len(stored) == len(ids) == 302
+
+
+@pytest.mark.citus
+def test_retention_and_imports_on_citus_keep_the_key_table_and_registry_exact(tmp_path: Path):
+    """No triggers on Citus: prune_cdrs deletes the registry rows and natural keys of what it
+    prunes (whole partitions and batches); the fast backfill is off, so an import of empty
+    months takes the ordinary path and claims its keys like the API."""
+    from cdrs import partitions
+    from cdrs.backfill import Backfill
+
+    assert not Backfill.available()
+    partitions.ensure(first=date(2024, 1, 1), today=date(2024, 3, 1), ahead=0)
+    data = tmp_path / "old.ndjson"
+    payloads = [
+        cdr_payload(started=datetime(2024, 1, 1, tzinfo=UTC) + timedelta(hours=7 * h))
+        for h in range(250)  # above SMALL_BATCH, January to March 2024
+    ]
+    data.write_bytes(b"".join(jsonenc.dumps(p) + b"\n" for p in payloads))
+    out = io.StringIO()
+    call_command("import_cdrs", str(data), "--no-trailer", "--quiet", stdout=out)
+    assert "created 250" in out.getvalue() and "new month partition" not in out.getvalue()
+    call_command("prune_cdrs", "--before", "2024-02-10", stdout=io.StringIO())
+    stored = set(Cdr.objects.values_list("natural_key", "id"))
+    assert 0 < len(stored) < 250
+    assert set(CdrNaturalKey.objects.values_list("natural_key", "cdr_id")) == stored
+    with connection.cursor() as cur:
+        cur.execute(f"SELECT id FROM {citus.ID_REGISTRY}")
+        assert {pk for (pk,) in cur.fetchall()} == {pk for _, pk in stored}
 
 
 # --- the migration on a populated table --------------------------------------------------------

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from datetime import UTC
 from pathlib import Path
 
 import orjson
@@ -204,14 +206,17 @@ def test_stdin_import_through_the_real_command(tmp_path):
 
 @pytest.mark.postgresql
 @pytest.mark.django_db(transaction=True)
-def test_killed_import_leaves_whole_batches_and_rerun_finishes(tmp_path):
+@pytest.mark.parametrize("backfill", [False, True], ids=["row-by-row", "backfill"])
+def test_killed_import_leaves_whole_batches_and_rerun_finishes(tmp_path, backfill):
     total = 60_000
     path = tmp_path / "big.ndjson"
+    per_month: Counter[str] = Counter()
     with path.open("wb") as fh:
-        for row in generate_cdrs(total, seed=11):
+        for row in generate_cdrs(total, seed=11, days=365):
+            per_month[row["started_at"][:7]] += 1
             fh.write(jsonenc.dumps(row) + b"\n")
     cmd = [sys.executable, "manage.py", "import_cdrs", str(path), "--lenient", "--no-trailer"]
-    cmd += ["--batch-rows", "2000"]
+    cmd += ["--batch-rows", "2000"] + ([] if backfill else ["--no-backfill"])
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -222,7 +227,14 @@ def test_killed_import_leaves_whole_batches_and_rerun_finishes(tmp_path):
     proc.wait(timeout=30)
     loaded = Cdr.objects.count()
     assert 0 < loaded < total, "the import should have been killed mid-file"
-    assert loaded % 2000 == 0  # only whole batches
+    if backfill:  # the months were empty: they load whole, at the end of the file
+        stored = Counter(
+            t.astimezone(UTC).strftime("%Y-%m")
+            for t in Cdr.objects.values_list("started_at", flat=True)
+        )
+        assert all(stored[month] == per_month[month] for month in stored)
+    else:
+        assert loaded % 2000 == 0  # only whole batches
     assert cdr_total() == loaded
     rerun = subprocess.run(cmd, cwd=ROOT, env=_subprocess_env(), capture_output=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr

@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from cdrs import routers
 from cdrs.api.errors import ValidateFailed
 from cdrs.api.permissions import token_of
 from cdrs.api.schema import (
@@ -185,6 +186,7 @@ class CdrStatsView(APIView):
             ),
         },
     )
+    @routers.reads_from_replica
     def get(self, request: Request) -> Any:
         token = token_of(request)
         billing = token.scope_billing

@@ -16,7 +16,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from cdrs import selectors, services
+from cdrs import routers, selectors, services
 from cdrs.api import serializers as s
 from cdrs.api.errors import ValidateFailed
 from cdrs.api.permissions import token_of
@@ -123,6 +123,7 @@ class CdrViewSet(viewsets.ViewSet):
         parameters=_QUERY_DOC,
         responses={200: s.CdrListResponseSerializer, **COMMON_ERRORS},
     )
+    @routers.reads_from_replica
     def list(self, request: Request) -> Response:
         token = token_of(request)
         page = selectors.cdr_list(token=token, options=_options(request, token))
@@ -142,6 +143,7 @@ class CdrViewSet(viewsets.ViewSet):
         parameters=[_ID_PARAM],
         responses={200: s.CdrDetailResponseSerializer, 404: _NOT_FOUND, **COMMON_ERRORS},
     )
+    @routers.reads_from_replica
     def retrieve(self, request: Request, pk: str) -> Response:
         try:
             cdr_id = decode_id_or_decimal(pk)
@@ -243,6 +245,7 @@ class CdrViewSet(viewsets.ViewSet):
         },
     )
     @action(detail=False, methods=["get"], url_path="export")
+    @routers.reads_from_replica  # retried while its first rows are read (StartedStream)
     def export(self, request: Request) -> StreamingHttpResponse:
         token = token_of(request)
         options = _options(request, token, export=True)

@@ -33,8 +33,10 @@ from decimal import Decimal
 from typing import Any
 
 from django.core.exceptions import EmptyResultSet, ValidationError
-from django.db import connection
+from django.db import connections
 from django.db.models import Q, QuerySet
+
+from cdrs import routers
 
 # Values that go into a query as parameters, unchanged by the ORM on a friendly backend.
 _SLOTTABLE = (int, str, datetime, Decimal)
@@ -128,7 +130,8 @@ def _stand_in(kind: type, index: int) -> Any:
 
 class _Compiled:
     def __init__(self, qs: QuerySet[Any, Any], stand_ins: list[Any]) -> None:
-        compiler = qs.query.get_compiler(using=qs.db)
+        self.alias = qs.db
+        compiler = qs.query.get_compiler(using=self.alias)
         try:
             sql, params = compiler.as_sql()
         except (EmptyResultSet, ValidationError, TypeError, ValueError) as exc:
@@ -160,7 +163,7 @@ class _Compiled:
             if slot is not None:
                 wrap = self.wrappers[i]
                 params[i] = values[slot] if wrap is None else wrap(values[slot])
-        with connection.cursor() as cur:
+        with connections[self.alias].cursor() as cur:
             cur.execute(self.sql, params)
             rows: list[Any] = cur.fetchall()
         if self.converters:
@@ -208,21 +211,22 @@ def _fetch_rows(
     ``build`` must make the same query shape for any values (stand-ins included); ``key``
     must name everything else the query depends on.
     """
+    alias = routers.read_alias()  # the request's replica, or the primary
     cache = _cache()
-    full_key = (connection.alias, connection.vendor, key)
+    full_key = (alias, connections[alias].vendor, key)
     if full_key in cache:
         compiled = cache[full_key]
         _count("per_request" if compiled is None else "reused")
     else:
         stand_ins = [_stand_in(type(v), i) for i, v in enumerate(values)]
         try:
-            compiled = cache[full_key] = _Compiled(build(stand_ins), stand_ins)
+            compiled = cache[full_key] = _Compiled(build(stand_ins).using(alias), stand_ins)
             _count("compiled")
         except _Uncacheable:
             compiled = cache[full_key] = None
             _count("refused")
     if compiled is None:
-        return list(build(values))
+        return list(build(values).using(alias))
     return compiled.rows(values)
 
 
@@ -249,7 +253,7 @@ def fetch_shaped(
     after_shape = _shape_of_values(after or [])
     if where_shape is None or after_shape is None:
         _count("per_request")
-        return list(make(domains, where, after))
+        return list(make(domains, where, after).using(routers.read_alias()))
     key = (kind, len(domains), where_shape[0], after is None, after_shape[0])
     n_domains, n_where = len(domains), len(where_shape[1])
 

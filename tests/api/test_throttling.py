@@ -117,6 +117,28 @@ def test_requests_per_token_are_limited(cache_backend, api_client):
 
 
 @pytest.mark.django_db
+def test_a_busy_token_gets_exactly_its_limit_with_counts_taken_in_blocks(cache_backend, api_client):
+    """At 400 a day a process takes counts two at a time (throttling.RESERVE_SHARE): still
+    exactly 400 requests pass, the 401st is refused, and the store holds exactly 400."""
+    busy = api_client(scopes=("read",))
+    with rates(token="400/day"):
+        statuses = [busy.get("/api/cdrs?top=1&count=false").status_code for _ in range(400)]
+        assert statuses == [200] * 400
+        assert_throttled(busy.get("/api/cdrs?top=1"))
+    key_part = f"throttle:token:{busy.token.prefix}:"
+    if cache_backend == "database":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count FROM cdrs_rate_counter WHERE key LIKE %s", [f"%{key_part}%"]
+            )
+            assert [row[0] for row in cursor.fetchall()] == [402]  # 201 blocks of two
+    else:
+        with redis.Redis.from_url(settings.TEST_REDIS_URL) as client:
+            keys = list(client.scan_iter(match=f"*{key_part}*"))
+            assert [int(client.get(k)) for k in keys] == [402]
+
+
+@pytest.mark.django_db
 def test_the_limits_can_be_switched_off(client_ro):
     with rates(token=None, auth_failure=None):
         for _ in range(40):

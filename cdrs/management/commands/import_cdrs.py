@@ -105,6 +105,13 @@ class Command(BaseCommand):
         )
         parser.add_argument("--quiet", action="store_true", help="no progress output")
         parser.add_argument(
+            "--no-backfill",
+            dest="backfill",
+            action="store_false",
+            help="on partitioned PostgreSQL, insert rows of empty months row by row too "
+            "instead of loading them as new partitions (see README 'Fast backfill')",
+        )
+        parser.add_argument(
             "--analyze-threshold",
             type=int,
             default=ANALYZE_THRESHOLD,
@@ -141,6 +148,7 @@ class Command(BaseCommand):
                         on_reject=on_reject,
                         on_progress=None if options["quiet"] else progress,
                         batch_rows=options["batch_rows"],
+                        backfill=options["backfill"],
                     )
                 except ImportFileError as exc:
                     kept = (
@@ -188,6 +196,11 @@ class Command(BaseCommand):
                     f"{stats.duplicates}, rejected {stats.rejected}, {stats.seconds:.2f} s, "
                     f"{stats.rate:,.0f} rows/s"
                 )
+                if stats.backfill_months:
+                    self.stdout.write(
+                        f"{name}: {stats.backfilled} of them loaded as "
+                        f"{stats.backfill_months} new month partition(s)"
+                    )
         finally:
             if rejects_out is not None:
                 rejects_out.close()

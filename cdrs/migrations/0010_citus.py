@@ -27,7 +27,7 @@ def undistribute(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("cdrs", "0008_caller_callee_statistics")]
+    dependencies = [("cdrs", "0009_caller_callee_statistics")]
 
     operations = [
         migrations.CreateModel(

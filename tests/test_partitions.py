@@ -1,0 +1,263 @@
+"""Monthly partitions of the CDR table (PostgreSQL): conversion, de-duplication, pruning."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import threading
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from django.core.management import call_command
+from django.db import IntegrityError, close_old_connections, connection
+
+from cdrs import partitions
+from cdrs.ids import encode_id
+from cdrs.models import Cdr
+from cdrs.selectors import cdr_id_where, cdr_total
+from cdrs.services import cdr_ingest
+from cdrs.validation import validate_cdr
+from tests.factories import cdr_payload, create_cdrs
+from tests.helpers import scratch_postgresql
+
+ROOT = Path(__file__).resolve().parent.parent
+pg = pytest.mark.postgresql
+
+
+def _at(year: int, month: int, day: int = 15) -> datetime:
+    return datetime(year, month, day, 12, 0, tzinfo=UTC)
+
+
+def _months(first: date, last: date) -> None:
+    """Month partitions from ``first`` to ``last`` (as ``ensure`` on ``last``'s date)."""
+    partitions.ensure(first=first, today=last, ahead=0)
+
+
+def _rows_in(table: str) -> int:
+    with connection.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {table}")
+        return int(cur.fetchone()[0])
+
+
+def _manage(url: str, *args: str) -> str:
+    env = {**os.environ, "DATABASE_URL": url}
+    env.setdefault("SECRET_KEY", "tests-only-secret-key-not-for-production-0123456789")
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+# A row per ~hour and a half over four years, plus a few far from the rest: every column
+# varies, NULLs included.
+_LOAD = """
+INSERT INTO cdrs_cdr (id, caller, caller_domain, caller_display_name, callee, callee_domain,
+  callee_display_name, started_at, rang_at, answered_at, ended_at, call_id, direction,
+  end_reason, reroute_reason, status_code, destination, outbound_caller_id, did_cid, trunk,
+  duration, cost, billed_account, service_number, user_data, natural_key)
+SELECT g, (100 + g % 900)::text, 't' || (g % 7) || '.example.com', 'User ' || g,
+  (200 + g % 50)::text, 't' || (g % 5) || '.example.com', '', t, t + interval '1 second',
+  CASE WHEN g % 3 > 0 THEN t + interval '4 seconds' END, t + interval '90 seconds',
+  'call-' || g, 'INBOUND_CALL', 'CALLER_DISCONNECTED', '', 200, '', '', '', 'trunk-' || (g % 3),
+  g % 600, CASE WHEN g % 4 > 0 THEN (g % 1000) / 1000.0 END, '', '', '', md5(g::text)::uuid
+FROM (SELECT g, CASE WHEN g % 5000 = 0 THEN timestamptz '1999-12-31 23:59:59+00'
+                     ELSE timestamptz '2022-01-01 00:00:00+00' + g * interval '97 minutes' END AS t
+      FROM generate_series(1, 20000) g) s
+"""
+_CHECKSUM = "SELECT count(*), md5(string_agg(c::text, E'\\n' ORDER BY id)) FROM cdrs_cdr c"
+
+
+@pg
+def test_migration_converts_a_populated_table_without_losing_a_row():
+    with scratch_postgresql("cdrpart_migrate") as url:
+        _manage(url, "migrate", "cdrs", "0007", "-v0")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(_LOAD)
+            before = conn.execute(_CHECKSUM).fetchone()
+        assert before is not None and before[0] == 20000
+
+        out = _manage(url, "migrate", "cdrs", "0008")
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute(_CHECKSUM).fetchone() == before
+            kind = conn.execute("SELECT relkind FROM pg_class WHERE relname = 'cdrs_cdr'")
+            assert kind.fetchone() == ("p",)
+            # one partition per month holding rows (49) and the default one at least
+            parts = conn.execute(
+                "SELECT count(*) FROM pg_inherits WHERE inhparent = 'cdrs_cdr'::regclass"
+            ).fetchone()
+            assert parts is not None and parts[0] >= 50
+            assert conn.execute("SELECT count(*) FROM cdrs_cdr_default").fetchone() == (0,)
+            assert conn.execute("SELECT count(*) FROM cdrs_cdr_id").fetchone() == (20000,)
+        assert "cdr_partitions" in out  # migrate ran --ensure
+
+        _manage(url, "migrate", "cdrs", "0007", "-v0")
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute(_CHECKSUM).fetchone() == before
+            kind = conn.execute("SELECT relkind FROM pg_class WHERE relname = 'cdrs_cdr'")
+            assert kind.fetchone() == ("r",)
+
+
+def _ingest(payload: dict[str, Any]) -> tuple[int, int, list[int]]:
+    result = cdr_ingest(rows=[validate_cdr(dict(payload))])
+    return result.created, result.duplicates, result.ids
+
+
+@pg
+@pytest.mark.django_db
+def test_an_id_is_one_cdr_across_partitions():
+    _months(date(2024, 1, 1), date(2025, 6, 1))
+    first = cdr_payload(id=encode_id(4242), started=_at(2024, 1))
+    assert _ingest(first)[:2] == (1, 0)
+    # The same id under another started_at (another partition), alone or in a big batch.
+    again = cdr_payload(id=encode_id(4242), started=_at(2025, 6), caller="555")
+    assert _ingest(again) == (0, 1, [4242])
+    batch = [cdr_payload(started=_at(2024, 2)) for _ in range(30)] + [again]
+    result = cdr_ingest(rows=[validate_cdr(dict(p)) for p in batch])
+    assert (result.created, result.duplicates, result.ids[-1]) == (30, 1, 4242)
+    assert Cdr.objects.filter(pk=4242).count() == 1
+    assert Cdr.objects.get(pk=4242).started_at == _at(2024, 1)
+    assert Cdr.objects.count() == 31 == cdr_total()
+
+
+@pg
+@pytest.mark.no_citus(
+    "Citus runs no trigger on a distributed table: there the ingest claims ids in the "
+    "registry (cdrs.citus.claim_ids), and a raw INSERT bypasses it"
+)
+@pytest.mark.django_db
+def test_the_database_refuses_an_id_under_a_second_started_at():
+    (cdr_id,) = create_cdrs(cdr_payload(started=_at(2024, 3)))
+    with pytest.raises(IntegrityError), connection.cursor() as cur:
+        cur.execute(
+            "INSERT INTO cdrs_cdr SELECT id + 0, caller, caller_domain, caller_display_name, "
+            "callee, callee_domain, callee_display_name, started_at + interval '40 days', "
+            "rang_at, answered_at, ended_at, call_id, direction, end_reason, reroute_reason, "
+            "status_code, destination, outbound_caller_id, did_cid, trunk, duration, cost, "
+            "billed_account, service_number, user_data, gen_random_uuid() FROM cdrs_cdr "
+            "WHERE id = %s",
+            [cdr_id],
+        )
+
+
+@pg
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_writers_of_one_id_under_different_times_store_one_cdr():
+    _months(date(2024, 1, 1), date(2024, 12, 1))
+    senders = 6
+    barrier = threading.Barrier(senders)
+    answers: list[tuple[int, int, list[int]]] = []
+
+    def send(month: int) -> None:
+        try:
+            barrier.wait()
+            answers.append(_ingest(cdr_payload(id=encode_id(777), started=_at(2024, month))))
+        finally:
+            close_old_connections()
+            connection.close()
+
+    threads = [threading.Thread(target=send, args=(m + 1,)) for m in range(senders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(answers) == senders
+    assert sorted(a[:2] for a in answers) == [(0, 1)] * (senders - 1) + [(1, 0)]
+    assert {a[2][0] for a in answers} == {777}
+    assert Cdr.objects.filter(pk=777).count() == 1 == cdr_total()
+    with connection.cursor() as cur:
+        cur.execute("SELECT count(*) FROM cdrs_cdr_id")
+        assert cur.fetchone()[0] == 1
+
+
+@pg
+@pytest.mark.django_db
+def test_a_started_at_window_reads_only_its_partitions():
+    _months(date(2024, 1, 1), date(2024, 6, 1))
+    create_cdrs(*[cdr_payload(started=_at(2024, m)) for m in range(1, 7)])
+    march, april = datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 4, 1, tzinfo=UTC)
+    qs = Cdr.objects.filter(started_at__gte=march, started_at__lt=april)
+    plan = qs.order_by("-started_at").explain()
+    assert "cdrs_cdr_p2024_03" in plan
+    for other in ("p2024_01", "p2024_02", "p2024_04", "p2024_05", "p2024_06", "default"):
+        assert f"cdrs_cdr_{other}" not in plan, plan
+    assert qs.count() == 1
+
+
+@pg
+@pytest.mark.django_db
+def test_detail_by_id_reads_one_partition(client_full):
+    _months(date(2024, 1, 1), date(2024, 6, 1))
+    ids = create_cdrs(*[cdr_payload(started=_at(2024, m)) for m in range(1, 7)])
+    foreign = create_cdrs(cdr_payload(id=encode_id(99), started=_at(2024, 2)))[0]
+    months = ("2024_01", "2024_02", "2024_03", "2024_04", "2024_05", "2024_06", "default")
+    for cdr_id, month in ((ids[4], "2024_05"), (foreign, "2024_02")):
+        where = cdr_id_where(cdr_id)
+        assert where is not None
+        plan = Cdr.objects.filter(where).explain()
+        assert [m for m in months if f"cdrs_cdr_p{m}" in plan or f"cdrs_cdr_{m}" in plan] == [
+            month
+        ], plan
+        response = client_full.get(f"/api/cdrs/{encode_id(cdr_id)}")
+        assert response.status_code == 200
+        assert response.json()["items"][0]["id"] == encode_id(cdr_id)
+    assert cdr_id_where(123456) is None
+    assert client_full.get(f"/api/cdrs/{encode_id(123456)}").status_code == 404
+
+
+@pg
+@pytest.mark.django_db
+def test_split_default_moves_rows_into_their_month():
+    # No partition for 2019: the rows land in the default partition.
+    ids = create_cdrs(*[cdr_payload(started=_at(2019, m)) for m in (3, 3, 4)])
+    assert _rows_in("cdrs_cdr_default") == 3
+    out = io.StringIO()
+    call_command("cdr_partitions", "--split-default", "--ensure", stdout=out)
+    assert "moved 2 rows from cdrs_cdr_default to cdrs_cdr_p2019_03" in out.getvalue()
+    assert _rows_in("cdrs_cdr_default") == 0
+    assert _rows_in("cdrs_cdr_p2019_03") == 2 and _rows_in("cdrs_cdr_p2019_04") == 1
+    assert sorted(Cdr.objects.values_list("pk", flat=True)) == sorted(ids)
+    assert Cdr.objects.filter(cdr_id_where(ids[2])).count() == 1
+    assert cdr_total() == 3
+    # The id registry still holds them: re-sending is a duplicate.
+    assert _ingest(cdr_payload(id=encode_id(ids[0]), started=_at(2020, 1)))[:2] == (0, 1)
+    again = io.StringIO()
+    call_command("cdr_partitions", "--split-default", "--ensure", stdout=again)
+    assert "split-default: 0 rows moved" in again.getvalue()
+    assert "ensure: 0 partition(s) created" in again.getvalue()
+
+
+@pg
+@pytest.mark.django_db
+def test_ensure_leaves_a_month_with_rows_in_the_default_partition_to_split_default():
+    create_cdrs(cdr_payload(started=_at(2031, 2)))
+    say: list[str] = []
+    created = partitions.ensure(
+        first=date(2031, 1, 1), today=date(2031, 3, 1), ahead=0, say=say.append
+    )
+    assert created == ["cdrs_cdr_p2031_01", "cdrs_cdr_p2031_03"]
+    assert any("cdrs_cdr_p2031_02" in line and "--split-default" in line for line in say)
+
+
+@pytest.mark.django_db
+def test_cdr_partitions_command():
+    out = io.StringIO()
+    call_command("cdr_partitions", "--ensure", stdout=out)
+    if connection.vendor == "postgresql":
+        assert "ensure:" in out.getvalue()
+        call_command("cdr_partitions", "--list", stdout=out)
+        assert "cdrs_cdr_default" in out.getvalue()
+    else:
+        assert (
+            out.getvalue().strip() == "nothing to do on SQLite (the CDR table is not partitioned)"
+        )
