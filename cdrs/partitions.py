@@ -149,6 +149,12 @@ def _default_months(cur: Any) -> list[date]:
     return [row[0] for row in cur.fetchall()]
 
 
+def bound(moment: datetime) -> str:
+    """A partition bound as an SQL literal: DDL takes no bind parameters (and the service's
+    PostgreSQL connections bind parameters on the server, cdrservice/databases)."""
+    return f"'{moment.astimezone(UTC).isoformat()}'"
+
+
 def tune_statistics(cur: Any, table: str) -> None:
     """Give ``table`` (a partition) the CDR table's per-column statistics targets."""
     cur.execute(
@@ -158,10 +164,10 @@ def tune_statistics(cur: Any, table: str) -> None:
 
 
 def _create_month(cur: Any, month: date) -> None:
+    lo, hi = bound(month_start(month)), bound(month_start(next_month(month)))
     cur.execute(
         f"CREATE TABLE IF NOT EXISTS {partition_name(month)} PARTITION OF {TABLE} "
-        "FOR VALUES FROM (%s) TO (%s)",
-        [month_start(month), month_start(next_month(month))],
+        f"FOR VALUES FROM ({lo}) TO ({hi})"
     )
     tune_statistics(cur, partition_name(month))
 
@@ -277,15 +283,12 @@ def attach_month(cur: Any, table: str, month: date) -> None:
     when one implies the partition constraint); it is dropped once attached. The indexes
     the parent has are created on the table before it is attached, or by the attach.
     """
-    lo, hi = month_start(month), month_start(next_month(month))
+    lo, hi = bound(month_start(month)), bound(month_start(next_month(month)))
     check = f"{table}_bound"
     cur.execute(
         f"ALTER TABLE {table} ADD CONSTRAINT {check} CHECK (started_at IS NOT NULL "
-        "AND started_at >= %s AND started_at < %s)",
-        [lo, hi],
+        f"AND started_at >= {lo} AND started_at < {hi})"
     )
     tune_statistics(cur, table)
-    cur.execute(
-        f"ALTER TABLE {TABLE} ATTACH PARTITION {table} FOR VALUES FROM (%s) TO (%s)", [lo, hi]
-    )
+    cur.execute(f"ALTER TABLE {TABLE} ATTACH PARTITION {table} FOR VALUES FROM ({lo}) TO ({hi})")
     cur.execute(f"ALTER TABLE {table} DROP CONSTRAINT {check}")
