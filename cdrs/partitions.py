@@ -158,6 +158,12 @@ def _distributed(cur: Any) -> bool:
     return cur.fetchone() is not None
 
 
+def bound(moment: datetime) -> str:
+    """A partition bound as an SQL literal: DDL takes no bind parameters (and the service's
+    PostgreSQL connections bind parameters on the server, cdrservice/databases)."""
+    return f"'{moment.astimezone(UTC).isoformat()}'"
+
+
 def tune_statistics(cur: Any, table: str) -> None:
     """Give ``table`` (a partition) the CDR table's per-column statistics targets.
 
@@ -172,14 +178,8 @@ def tune_statistics(cur: Any, table: str) -> None:
     )
 
 
-def bound_literal(value: datetime) -> str:
-    """A partition bound written into DDL, not bound as a parameter: Citus re-plans the
-    DDL it propagates without the statement's parameters ("there is no parameter $1")."""
-    return f"'{value.astimezone(UTC).isoformat()}'::timestamptz"
-
-
 def _create_month(cur: Any, month: date) -> None:
-    lo, hi = bound_literal(month_start(month)), bound_literal(month_start(next_month(month)))
+    lo, hi = bound(month_start(month)), bound(month_start(next_month(month)))
     cur.execute(
         f"CREATE TABLE IF NOT EXISTS {partition_name(month)} PARTITION OF {TABLE} "
         f"FOR VALUES FROM ({lo}) TO ({hi})"
@@ -298,15 +298,12 @@ def attach_month(cur: Any, table: str, month: date) -> None:
     when one implies the partition constraint); it is dropped once attached. The indexes
     the parent has are created on the table before it is attached, or by the attach.
     """
-    lo, hi = month_start(month), month_start(next_month(month))
+    lo, hi = bound(month_start(month)), bound(month_start(next_month(month)))
     check = f"{table}_bound"
     cur.execute(
         f"ALTER TABLE {table} ADD CONSTRAINT {check} CHECK (started_at IS NOT NULL "
-        f"AND started_at >= {bound_literal(lo)} AND started_at < {bound_literal(hi)})"
+        f"AND started_at >= {lo} AND started_at < {hi})"
     )
     tune_statistics(cur, table)
-    cur.execute(
-        f"ALTER TABLE {TABLE} ATTACH PARTITION {table} "
-        f"FOR VALUES FROM ({bound_literal(lo)}) TO ({bound_literal(hi)})"
-    )
+    cur.execute(f"ALTER TABLE {TABLE} ATTACH PARTITION {table} FOR VALUES FROM ({lo}) TO ({hi})")
     cur.execute(f"ALTER TABLE {table} DROP CONSTRAINT {check}")

@@ -139,11 +139,11 @@ def partition(apps, schema_editor):
             wanted.add(month)
             month = _next_month(month)
         for month in sorted(wanted):
+            # Bounds as literals: DDL takes no bind parameters.
+            lo, hi = _start(month).isoformat(), _start(_next_month(month)).isoformat()
             cur.execute(
                 f"CREATE TABLE cdrs_cdr_p{month.year:04d}_{month.month:02d} PARTITION OF "
-                # Literals, not parameters: Citus re-plans propagated DDL without them.
-                f"{TABLE} FOR VALUES FROM ('{_start(month).isoformat()}'::timestamptz) "
-                f"TO ('{_start(_next_month(month)).isoformat()}'::timestamptz)"
+                f"{TABLE} FOR VALUES FROM ('{lo}') TO ('{hi}')"
             )
         cur.execute(f"CREATE TABLE cdrs_cdr_default PARTITION OF {TABLE} DEFAULT")
         cur.execute(f"INSERT INTO {TABLE} SELECT * FROM {ASIDE}")
