@@ -6,13 +6,9 @@
 # registry and the rollups still match the rows left.
 #   bench/prune_1m.sh [DBNAME]     (default cdrbench_part_prune)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export SECRET_KEY=${SECRET_KEY:-bench-only-secret-key-not-for-production-0123456789}
 DB=${1:-cdrbench_part_prune}
-URL=postgres://postgres@127.0.0.1:5432/$DB
-P="psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -q"
-$P -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
-$P -c "CREATE DATABASE $DB"
+source "$(dirname "$0")/synthetic_common.sh"
+fresh_database
 DATABASE_URL=$URL .venv/bin/python manage.py migrate -v0
 DATABASE_URL=$URL .venv/bin/python manage.py shell -v0 -c "from datetime import date
 from cdrs import partitions
@@ -36,12 +32,8 @@ FROM (SELECT g, CASE WHEN g <= 1000000
                 ELSE date_trunc('second', timestamptz '2024-02-01 00:00:00+00' + (g - 1000000) * interval '25 seconds')
                 END AS t
       FROM generate_series(1, 1100000) g) s;
-DELETE FROM cdrs_counter; INSERT INTO cdrs_counter (slot, rows) SELECT 0, count(*) FROM cdrs_cdr;
 SQL
-DATABASE_URL=$URL .venv/bin/python manage.py shell -v0 -c "from cdrs import rollup
-from django.db import transaction
-with transaction.atomic(): rollup.rebuild()"
-$P -d "$DB" -c "VACUUM ANALYZE"
+recount_and_analyze
 echo "$(date +%T) prune (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
 DATABASE_URL=$URL /usr/bin/time -f "prune_cdrs wall %e s" .venv/bin/python manage.py prune_cdrs --before 2024-02-01
 $P -d "$DB" -At -c "SELECT 'rows ' || (SELECT count(*) FROM cdrs_cdr) || ', counter ' || \

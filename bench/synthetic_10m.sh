@@ -8,13 +8,9 @@
 # then: .venv/bin/python bench/run.py --only S8 --skip-load --rows 10000000 \
 #         --database-url postgres://postgres@127.0.0.1:5432/cdrbench_s8_10m
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export SECRET_KEY=${SECRET_KEY:-bench-only-secret-key-not-for-production-0123456789}
 DB=${1:-cdrbench_s8_10m}
-URL=postgres://postgres@127.0.0.1:5432/$DB
-P="psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -q"
-$P -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
-$P -c "CREATE DATABASE $DB"
+source "$(dirname "$0")/synthetic_common.sh"
+fresh_database
 echo "$(date +%T) migrate"
 DATABASE_URL=$URL .venv/bin/python manage.py migrate -v0
 keep="'cdrs_cdr_pkey','cdr_natural_key_uniq'"
@@ -47,11 +43,5 @@ FROM (SELECT g, date_trunc('second', timestamptz '2025-01-01 00:00:00+00'
 SQL
 echo "$(date +%T) indexes"
 while read -r def; do [ -n "$def" ] && $P -d "$DB" -c "$def"; done <<< "$defs"
-echo "$(date +%T) counter and rollups"
-$P -d "$DB" -c "DELETE FROM cdrs_counter; INSERT INTO cdrs_counter (slot, rows) SELECT 0, count(*) FROM cdrs_cdr"
-DATABASE_URL=$URL .venv/bin/python manage.py shell -v0 -c "from cdrs import rollup
-from django.db import transaction
-with transaction.atomic(): rollup.rebuild()"
-echo "$(date +%T) vacuum analyze"
-$P -d "$DB" -c "VACUUM ANALYZE"
+recount_and_analyze
 echo "$(date +%T) done: $($P -d "$DB" -At -c 'SELECT count(*) FROM cdrs_cdr') CDRs"
