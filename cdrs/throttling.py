@@ -235,7 +235,10 @@ class AuthFailureThrottle(_WindowThrottle):
         except RedisError as exc:
             _store_unavailable(exc)
             return None
-        return self.blocked_for_counts(previous, current, elapsed)
+        wait = self.blocked_for_counts(previous, current, elapsed)
+        # What admit() would read next for this address: remembered like its own reads.
+        _mark_address(client_ip(request), clean=wait is None)
+        return wait
 
     def record(self, request: Any) -> None:
         if self.rate is None:

@@ -21,7 +21,8 @@ def finer(apps, schema_editor):
         return
     for column in COLUMNS:
         schema_editor.execute(f'ALTER TABLE cdrs_cdr ALTER COLUMN "{column}" SET STATISTICS 1000')
-    schema_editor.execute("ANALYZE cdrs_cdr")
+    # Only these two columns: 0008 has just analyzed the rest (minutes at 10M rows).
+    schema_editor.execute(f"ANALYZE cdrs_cdr ({', '.join(COLUMNS)})")
 
 
 def default(apps, schema_editor):
