@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import functools
 import os
@@ -18,7 +19,7 @@ from django.test import Client
 
 from cdrs.tokens import mint_token
 from cdrservice.handlers import ApiChainMixin
-from tests.helpers import scratch_postgresql
+from tests.helpers import AllQueries, scratch_postgresql
 
 
 class ApiAwareClientHandler(ApiChainMixin, django.test.client.ClientHandler):
@@ -52,6 +53,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Tests marked ``postgresql`` (EXPLAIN plans, COPY, row locks) only run against it, tests
     marked ``citus`` only against a Citus coordinator; on Citus, tests marked ``no_citus``
     are skipped with their reason (shown in the summary)."""
+    if settings.CDR_REPLICA_ALIASES:
+        # The replica run (tests/mirror_backend): the read endpoints query the replica
+        # aliases, so every test that may use the database may use them too.
+        for item in items:
+            if (marker := item.get_closest_marker("django_db")) is not None:
+                every = pytest.mark.django_db(
+                    *marker.args, **{**marker.kwargs, "databases": "__all__"}
+                )
+                item.add_marker(every, append=False)
     dropped = []
     if not _on_postgresql():
         dropped = [i for i in items if i.get_closest_marker("postgresql") is not None]
@@ -153,3 +163,32 @@ def hard_timeout(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
     finally:
         faulthandler.cancel_dump_traceback_later()
+
+
+@contextlib.contextmanager
+def _queries_on_every_alias(num: int, *, exact: bool, info: str | None = None) -> Iterator[Any]:
+    """pytest-django's query count, over the primary and the replica aliases together."""
+    with AllQueries() as captured:
+        yield captured
+    done = len(captured)
+    if done != num if exact else done > num:
+        sqls = "\n\n".join(f"[{q['alias']}] {q['sql']}" for q in captured.captured_queries)
+        expected = f"{num}" if exact else f"{num} or less"
+        pytest.fail(
+            f"Expected to perform {expected} queries but {done} were done\n{info or ''}\n{sqls}"
+        )
+
+
+@pytest.fixture
+def django_assert_num_queries(django_assert_num_queries: Any) -> Any:
+    """In the replica run the read endpoints' queries are on the replica alias: count both."""
+    if not settings.CDR_REPLICA_ALIASES:
+        return django_assert_num_queries
+    return functools.partial(_queries_on_every_alias, exact=True)
+
+
+@pytest.fixture
+def django_assert_max_num_queries(django_assert_max_num_queries: Any) -> Any:
+    if not settings.CDR_REPLICA_ALIASES:
+        return django_assert_max_num_queries
+    return functools.partial(_queries_on_every_alias, exact=False)

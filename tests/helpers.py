@@ -56,3 +56,36 @@ def post_concurrently(client: Client, payload: bytes, senders: int = 6) -> list[
     for t in threads:
         t.join(timeout=30)
     return results
+
+
+class AllQueries:
+    """``CaptureQueriesContext`` over the primary and every replica alias at once (the
+    replica run routes the read endpoints' queries to ``replica1``)."""
+
+    def __init__(self) -> None:
+        from django.conf import settings
+        from django.db import DEFAULT_DB_ALIAS, connections
+        from django.test.utils import CaptureQueriesContext
+
+        self.aliases = [DEFAULT_DB_ALIAS, *settings.CDR_REPLICA_ALIASES]
+        self._contexts = [CaptureQueriesContext(connections[a]) for a in self.aliases]
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> AllQueries:
+        for context in self._contexts:
+            self._stack.enter_context(context)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    @property
+    def captured_queries(self) -> list[dict[str, str]]:
+        return [
+            {**query, "alias": alias}
+            for alias, context in zip(self.aliases, self._contexts, strict=True)
+            for query in context.captured_queries
+        ]
+
+    def __len__(self) -> int:
+        return sum(len(context) for context in self._contexts)

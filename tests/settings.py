@@ -28,3 +28,10 @@ CACHES = {
         "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
     }
 }
+
+# bin/test's replica run (DATABASE_REPLICA_URLS set): each replica alias is a test mirror of
+# the primary that uses the primary's connection and refuses writes (tests/mirror_backend),
+# so every test's reads go through the router and see the test's own rows.
+for _alias in CDR_REPLICA_ALIASES:  # noqa: F405
+    DATABASES[_alias]["ENGINE"] = "tests.mirror_backend"  # noqa: F405
+    DATABASES[_alias]["TEST"] = {"MIRROR": "default"}  # noqa: F405

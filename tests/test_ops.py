@@ -26,13 +26,13 @@ import orjson
 import pytest
 from django.conf import settings
 from django.contrib.staticfiles import finders
-from django.db import connection, reset_queries
+from django.db import reset_queries
 from django.test import Client, override_settings
-from django.test.utils import CaptureQueriesContext
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.factories import cdr_payload, create_cdrs
+from tests.helpers import AllQueries
 
 BASE_DIR = Path(settings.BASE_DIR)
 PYTHON = sys.executable
@@ -317,7 +317,7 @@ def test_metrics_count_the_sql_statements_of_each_request(client_ro):
     create_cdrs(cdr_payload(), cdr_payload(), cdr_payload())
     before = scrape(Client())
     reset_queries()  # the request starts with an empty query log: capture from index 0
-    with CaptureQueriesContext(connection) as captured:
+    with AllQueries() as captured:
         assert client_ro.get("/api/cdrs", {"top": "2"}).status_code == 200
     expected = len(captured)  # before the next request clears the query log
     after = scrape(Client())

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+from django.db import connection
 from django.db.models import F
 from django.test import override_settings
 
@@ -14,6 +15,7 @@ from cdrs.ids import encode_id
 from cdrs.models import Cdr
 from cdrs.query.orderby import parse_orderby
 from tests.factories import cdr_payload, create_cdrs
+from tests.helpers import AllQueries
 
 pytestmark = pytest.mark.django_db
 
@@ -121,13 +123,10 @@ def _formatting_nodes(node: dict) -> list[dict]:
     ],
 )
 def test_rows_skipped_or_sorted_past_are_never_read_whole_nor_formatted(client_ro, params):
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
     from tests.factories import create_generated
 
     create_generated(3000, seed=5)
-    with CaptureQueriesContext(connection) as queries:
+    with AllQueries() as queries:
         response = client_ro.get("/api/cdrs", {**params, "top": "50", "count": "false"})
     assert response.status_code == 200 and len(orjson.loads(response.content)["items"]) == 50
     (page_sql,) = [q["sql"] for q in queries.captured_queries if "to_char" in q["sql"]]
