@@ -84,4 +84,4 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def _cursor(self, name: str | None = None) -> Any:
         self.connection = self._primary()  # follows the primary's reconnects
-        return super()._cursor(name)
+        return super()._cursor(name)  # type: ignore[misc]
