@@ -30,7 +30,7 @@ import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, cast
 
 from django.db import IntegrityError, connection, transaction
 
@@ -108,7 +108,7 @@ class Backfill:
     def route(self, rows: Sequence[dict[str, Any] | FastRow]) -> list[dict[str, Any]]:
         """COPY the rows of empty months into their tables; returns the other rows."""
         ordinary: list[dict[str, Any]] = []
-        by_table: dict[str, list[dict[str, Any] | FastRow]] = {}
+        by_month: dict[date, list[dict[str, Any] | FastRow]] = {}
         with connection.cursor() as cur:
             cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {GENERATED} (id bigint)")
             for row in rows:
@@ -117,42 +117,34 @@ class Backfill:
                 else:
                     started = row["started_at"].astimezone(UTC)
                     month = date(started.year, started.month, 1)
-                table = self._table_for(cur, month)
-                if table is None:
+                if self._table_for(cur, month) is None:
                     ordinary.append(_validated(row) if isinstance(row, FastRow) else row)
                 else:
-                    by_table.setdefault(table, []).append(row)
+                    by_month.setdefault(month, []).append(row)
             new_ids: list[int] = []
-            for table, staged in by_table.items():
-                ids = [_row_id(row) for row in staged]
-                missing = [i for i, cdr_id in enumerate(ids) if cdr_id is None]
-                for i, low in zip(missing, next_low_bits(len(missing)), strict=True):
-                    new_id = snowflake(_started_at(staged[i]), low)
-                    ids[i] = new_id
-                    new_ids.append(new_id)
-                self._copy(cur, table, staged, ids)
-                month = next(m for m, t in self.tables.items() if t == table)
+            for month, staged in by_month.items():
+                missing = [row for row in staged if _id_of(row) is None]
+                for row, low in zip(missing, next_low_bits(len(missing)), strict=True):
+                    new_ids.append(_set_id(row, snowflake(_started_at(row), low)))
+                table = self.tables[month]
+                assert table is not None
+                self._copy(cur, table, staged)
                 self.staged[month] += len(staged)
             if new_ids:
                 cur.execute(f"INSERT INTO {GENERATED} (id) SELECT unnest(%s::bigint[])", [new_ids])
         return ordinary
 
     @staticmethod
-    def _copy(
-        cur: Any, table: str, rows: Sequence[dict[str, Any] | FastRow], ids: Sequence[int | None]
-    ) -> None:
+    def _copy(cur: Any, table: str, rows: Sequence[dict[str, Any] | FastRow]) -> None:
         """COPY in file order (the first of two duplicates stays): canonical CSV rows as
         text, validated rows value by value."""
-        pairs = zip(ids, rows, strict=True)
-        for fast, run in itertools.groupby(pairs, key=lambda pair: isinstance(pair[1], FastRow)):
+        for fast, run in itertools.groupby(rows, key=lambda row: isinstance(row, FastRow)):
             with connection.wrap_database_errors:  # as services._stage_rows
                 if fast:
-                    copy_fast_rows(cur.connection.cursor(), table, list(run))  # type: ignore[arg-type]
+                    copy_fast_rows(cur.connection.cursor(), table, cast(list[FastRow], list(run)))
                     continue
                 with cur.connection.cursor().copy(f"COPY {table} ({_COLS}) FROM STDIN") as copy:
-                    for cdr_id, row in run:
-                        assert isinstance(row, dict)
-                        row["id"] = cdr_id
+                    for row in cast(Iterator[dict[str, Any]], run):
                         copy.write_row([row[c] for c in INSERT_COLUMNS])
 
     def finish(self) -> Iterator[MonthResult]:
@@ -178,8 +170,16 @@ class Backfill:
         self.tables.clear()
 
 
-def _row_id(row: dict[str, Any] | FastRow) -> int | None:
+def _id_of(row: dict[str, Any] | FastRow) -> int | None:
     return row.id if isinstance(row, FastRow) else row["id"]
+
+
+def _set_id(row: dict[str, Any] | FastRow, cdr_id: int) -> int:
+    if isinstance(row, FastRow):
+        row.id = cdr_id
+    else:
+        row["id"] = cdr_id
+    return cdr_id
 
 
 def _started_at(row: dict[str, Any] | FastRow) -> datetime:

@@ -83,7 +83,7 @@ class FastRow:
         source: CanonicalCsv,
     ) -> None:
         self.month = month
-        self.id = cdr_id  # None: to be generated (``cdrs.backfill``)
+        self.id = cdr_id  # None until ``cdrs.backfill`` draws one
         self.started_at = started_at
         self.text = text  # the COPY text of ``source.columns[1:]``, tab-separated
         self.cells = cells  # the row's cells, for the ordinary path (a month with CDRs)
@@ -195,9 +195,9 @@ class CanonicalCsv:
         return FastRow(month, cdr_id, started_at, "\t".join(out), cells, self)
 
 
-def copy_fast_rows(cur: Any, table: str, rows: Sequence[tuple[int, FastRow]]) -> None:
-    """COPY ``(id, FastRow)`` pairs (one header's rows) into ``table`` as text."""
-    columns = ", ".join(rows[0][1].source.columns)
-    body = "".join(f"{cdr_id}\t{row.text}\n" for cdr_id, row in rows)
+def copy_fast_rows(cur: Any, table: str, rows: Sequence[FastRow]) -> None:
+    """COPY FastRows (one header's, their ids assigned) into ``table`` as text."""
+    columns = ", ".join(rows[0].source.columns)
+    body = "".join(f"{row.id}\t{row.text}\n" for row in rows)
     with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
         copy.write(body)
