@@ -12,8 +12,10 @@ from urllib.parse import urlsplit
 
 import orjson
 import psycopg
-from django.db import close_old_connections, connection
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, close_old_connections, connection, connections
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 
 @contextlib.contextmanager
@@ -63,10 +65,6 @@ class AllQueries:
     replica run routes the read endpoints' queries to ``replica1``)."""
 
     def __init__(self) -> None:
-        from django.conf import settings
-        from django.db import DEFAULT_DB_ALIAS, connections
-        from django.test.utils import CaptureQueriesContext
-
         self.aliases = [DEFAULT_DB_ALIAS, *settings.CDR_REPLICA_ALIASES]
         self._contexts = [CaptureQueriesContext(connections[a]) for a in self.aliases]
         self._stack = contextlib.ExitStack()
