@@ -15,12 +15,14 @@ per month, in one transaction:
    row whose id is already stored (in another month, or by a concurrent writer) is a
    duplicate, and a generated id that collides is drawn again, as in ``cdr_ingest``;
 4. the hourly rollups and the counter get the rows, and the table is attached as the
-   month's partition (replacing the month's empty partition if it has one) after a CHECK
-   constraint matching the bound, so ATTACH does not scan it.
+   month's partition (replacing the month's empty partition if it has one, or cut out of
+   the spill partition covering it) after a CHECK constraint matching the bound, so ATTACH
+   does not scan it.
 
 The month is checked again under lock before step 3; when a CDR of it was stored meanwhile
-(or the default partition holds one), the month's rows go through the ordinary insert
-instead. Months that already hold CDRs always take the ordinary path (``cdr_ingest``).
+(in its partition, or in the spill partition covering it), the month's rows go through the
+ordinary insert instead. Months that already hold CDRs always take the ordinary path
+(``cdr_ingest``).
 """
 
 from __future__ import annotations
@@ -74,7 +76,11 @@ class Backfill:
         # natural key's unique index, which Citus refuses) before it could be attached, and
         # the generated-id redraw is a volatile UPDATE Citus refuses. Imports there take the
         # ordinary path (docs/scaling.md, "Citus").
-        return partitions.is_partitioned() and not citus.in_use()
+        return (
+            partitions.is_partitioned()
+            and not partitions.has_default_partition()
+            and not citus.in_use()
+        )
 
     def _holds_rows(self, cur: Any, month: date) -> bool:
         if self._partitions is None:
@@ -85,7 +91,7 @@ class Backfill:
             cur.execute(f"SELECT EXISTS (SELECT 1 FROM {partitions.partition_name(month)})")
         else:
             cur.execute(
-                f"SELECT EXISTS (SELECT 1 FROM {partitions.DEFAULT_PARTITION} "
+                f"SELECT EXISTS (SELECT 1 FROM {partitions.spill_covering(cur, month)} "
                 "WHERE started_at >= %s AND started_at < %s)",
                 [lo, hi],
             )
@@ -292,17 +298,18 @@ def _finish_month(month: date, table: str) -> MonthResult:
         # 3. The month is still empty (checked under lock), and the ids are free.
         lo = partitions.month_start(month)
         hi = partitions.month_start(partitions.next_month(month))
-        has_partition = bool(_scalar(cur, "SELECT to_regclass(%s) IS NOT NULL", [existing]))
+        partitions.serialize(cur)  # no ensure or split cuts the month's spill meanwhile
+        spill = partitions.spill_covering(cur, month)
+        has_partition = spill is None
         if has_partition:
             cur.execute(f"LOCK TABLE {existing} IN SHARE MODE")
             filled = _scalar(cur, f"SELECT EXISTS (SELECT 1 FROM {existing})")
         else:
-            # ATTACH checks the default partition holds no row of the month: none may come.
-            cur.execute(f"LOCK TABLE {partitions.DEFAULT_PARTITION} IN SHARE MODE")
+            # The spill covering the month is cut around it: no row of the month may come.
+            cur.execute(f"LOCK TABLE {spill} IN SHARE MODE")
             filled = _scalar(
                 cur,
-                f"SELECT EXISTS (SELECT 1 FROM {partitions.DEFAULT_PARTITION} "
-                "WHERE started_at >= %s AND started_at < %s)",
+                f"SELECT EXISTS (SELECT 1 FROM {spill} WHERE started_at >= %s AND started_at < %s)",
                 [lo, hi],
             )
         if filled:

@@ -4,8 +4,8 @@ On partitioned PostgreSQL a month partition wholly before the bound goes as a wh
 rows are counted (the partition locked against writes, reads go on), its hours leave the
 rollups, it is detached (the only step that locks the CDR table, for milliseconds) and
 the counter is lowered, in one transaction; its ids then leave the id registry and the
-table is dropped. Whatever remains before the bound (the bound's own month, the default
-partition, and every row on SQLite) is deleted in batches of ``batch_rows``, each batch a
+table is dropped. Whatever remains before the bound (the bound's own month, the spill
+partitions, and every row on SQLite) is deleted in batches of ``batch_rows``, each batch a
 transaction that also takes its rows out of the counter and the rollups. The counter and
 the rollups stay exact throughout: a pruned call leaves the list, the count and the
 statistics alike.
@@ -18,16 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db import OperationalError, connection, transaction
-from psycopg import errors as pg_errors
+from django.db import connection, transaction
 
 from cdrs import citus, partitions, rollup
 from cdrs.services import add_to_counter
 
 BATCH_ROWS = 10_000
 PRUNED_PREFIX = "cdrs_cdr_pruned_"  # a detached partition whose ids still leave the registry
-DETACH_LOCK_TIMEOUT_MS = 2000
-DETACH_ATTEMPTS = 5
 _ROLLUP_FIELDS = ("id", "started_at", "rang_at", "answered_at", "duration", "cost")
 
 
@@ -71,38 +68,37 @@ def _count(table: str) -> int:
 
 
 def _drop_partition(part: partitions.Partition, say: Say) -> tuple[int, float]:
-    """Detach a month partition wholly before the bound; (rows, seconds)."""
+    """Detach a month partition wholly before the bound; (rows, seconds). Its range goes to
+    the spill partition before it (``partitions.cover``): a late row of that month still
+    has a place."""
     assert part.month is not None
     first = _hour(partitions.month_start(part.month))
     end = _hour(partitions.month_start(partitions.next_month(part.month)))
     pruned = PRUNED_PREFIX + part.name.removeprefix("cdrs_cdr_")
-    for attempt in range(1, DETACH_ATTEMPTS + 1):
+
+    def detach() -> tuple[int, float, float]:
         started = time.perf_counter()
-        try:
-            with transaction.atomic(), connection.cursor() as cur:
-                # Writers of this month wait; readers do not, until the DETACH below.
-                cur.execute(f"LOCK TABLE {part.name} IN SHARE MODE")
-                rows = _count(part.name)
-                rollup.forget_hours(first, end)
-                add_to_counter(-rows)
-                # DETACH locks the whole CDR table: never queue every request behind a long
-                # read (an export) for long; give up and try again instead.
-                cur.execute(f"SET LOCAL lock_timeout = {DETACH_LOCK_TIMEOUT_MS}")
-                locked = time.perf_counter()
-                cur.execute(f"ALTER TABLE {partitions.TABLE} DETACH PARTITION {part.name}")
-                cur.execute(f"ALTER TABLE {part.name} RENAME TO {pruned}")
-        except OperationalError as exc:
-            if not isinstance(exc.__cause__, pg_errors.LockNotAvailable):
-                raise
-            say(f"{part.name}: the CDR table stayed busy (attempt {attempt}), trying again")
-            continue
-        done = time.perf_counter()
-        say(
-            f"dropped {part.name}: {rows:,} rows in {(done - started) * 1000:,.0f} ms "
-            f"(the CDR table locked {(done - locked) * 1000:,.1f} ms)"
-        )
-        return rows, done - started
-    raise RuntimeError(f"could not detach {part.name}: the CDR table stayed busy")
+        with transaction.atomic(), connection.cursor() as cur:
+            partitions.serialize(cur)
+            # Writers of this month wait; readers do not, until the DETACH below.
+            cur.execute(f"LOCK TABLE {part.name} IN SHARE MODE")
+            rows = _count(part.name)
+            rollup.forget_hours(first, end)
+            add_to_counter(-rows)
+            partitions.set_lock_timeout(cur)
+            locked = time.perf_counter()
+            cur.execute(f"ALTER TABLE {partitions.TABLE} DETACH PARTITION {part.name}")
+            cur.execute(f"ALTER TABLE {part.name} RENAME TO {pruned}")
+            partitions.cover(cur)
+        return rows, started, locked
+
+    rows, started, locked = partitions.with_lock_retries(detach, what=part.name, say=say)
+    done = time.perf_counter()
+    say(
+        f"dropped {part.name}: {rows:,} rows in {(done - started) * 1000:,.0f} ms "
+        f"(the CDR table locked {(done - locked) * 1000:,.1f} ms)"
+    )
+    return rows, done - started
 
 
 def release_pruned_ids(say: Say = _quiet) -> float:

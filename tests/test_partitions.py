@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -93,19 +94,99 @@ def test_migration_converts_a_populated_table_without_losing_a_row():
             kind = conn.execute("SELECT relkind FROM pg_class WHERE relname = 'cdrs_cdr'")
             assert kind.fetchone() == ("p",)
             # one partition per month holding rows (49) and the default one at least
-            parts = conn.execute(
-                "SELECT count(*) FROM pg_inherits WHERE inhparent = 'cdrs_cdr'::regclass"
-            ).fetchone()
-            assert parts is not None and parts[0] >= 50
+            assert _partition_count(conn) >= 50
             assert conn.execute("SELECT count(*) FROM cdrs_cdr_default").fetchone() == (0,)
             assert conn.execute("SELECT count(*) FROM cdrs_cdr_id").fetchone() == (20000,)
+            # Rows of months with no partition wait in the default partition.
+            conn.execute(_LATE)
+            before = conn.execute(_CHECKSUM).fetchone()
+            assert conn.execute("SELECT count(*) FROM cdrs_cdr_default").fetchone() == (30,)
         assert "cdr_partitions" in out  # migrate ran --ensure
+
+        # 0011: the default partition becomes spill partitions, and its rows move there.
+        _manage(url, "migrate", "cdrs", "0011", "-v0")
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute(_CHECKSUM).fetchone() == before
+            assert conn.execute("SELECT to_regclass('cdrs_cdr_default')").fetchone() == (None,)
+            spills = _spill_counts(conn)
+            assert spills["cdrs_cdr_spill_min_1999_12"] == 10
+            assert spills["cdrs_cdr_spill_2000_01_2022_01"] == 10
+            assert next(rows for n, rows in spills.items() if n.endswith("_max")) == 10
+            assert sum(spills.values()) == 30
+            assert _uncovered(conn.execute(_BOUNDS).fetchall()) == []
+            assert conn.execute("SELECT count(*) FROM cdrs_cdr_id").fetchone() == (20030,)
+
+        _manage(url, "migrate", "cdrs", "0010", "-v0")
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute(_CHECKSUM).fetchone() == before
+            assert conn.execute("SELECT count(*) FROM cdrs_cdr_default").fetchone() == (30,)
+            assert _spill_counts(conn) == {}
 
         _manage(url, "migrate", "cdrs", "0007", "-v0")
         with psycopg.connect(url, autocommit=True) as conn:
             assert conn.execute(_CHECKSUM).fetchone() == before
             kind = conn.execute("SELECT relkind FROM pg_class WHERE relname = 'cdrs_cdr'")
             assert kind.fetchone() == ("r",)
+
+
+# Ten rows in each of three months the conversion made no partition for: 1990, a gap
+# month (2021-06, between 1999-12 and 2022-01) and 2041, after the months ahead.
+_LATE = """
+INSERT INTO cdrs_cdr SELECT id + 1000000 * k, caller, caller_domain, caller_display_name,
+  callee, callee_domain, callee_display_name, t, NULL, NULL, t + interval '1 minute',
+  call_id || '-late', direction, end_reason, reroute_reason, status_code, destination,
+  outbound_caller_id, did_cid, trunk, duration, cost, billed_account, service_number,
+  user_data, md5((id + 1000000 * k)::text)::uuid
+FROM cdrs_cdr, (VALUES (1, timestamptz '1990-05-05 10:00:00+00'),
+                       (2, timestamptz '2021-06-30 23:59:59+00'),
+                       (3, timestamptz '2041-01-01 00:00:00+00')) AS late(k, t)
+WHERE id <= 10
+"""
+
+
+def _partition_count(conn: psycopg.Connection[Any]) -> int:
+    found = conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'cdrs_cdr'::regclass")
+    row = found.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _spill_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    names = conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'cdrs_cdr'::regclass AND starts_with(c.relname, 'cdrs_cdr_spill_')"
+    ).fetchall()
+    counts = {}
+    for (name,) in names:
+        row = conn.execute(f"SELECT count(*) FROM {name}").fetchone()
+        assert row is not None
+        counts[name] = int(row[0])
+    return counts
+
+
+_BOUNDS = (
+    "SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c "
+    "ON c.oid = i.inhrelid WHERE i.inhparent = 'cdrs_cdr'::regclass"
+)
+
+
+def _uncovered(bounds: list[tuple[str]]) -> list[str]:
+    """The bounds of partitions of cdrs_cdr (``_BOUNDS``) that leave a hole: a start that
+    is no partition's end, or an end that is no partition's start."""
+    ranges = []
+    for (expr,) in bounds:
+        lo, _, hi = expr.removeprefix("FOR VALUES FROM (").removesuffix(")").partition(") TO (")
+        ranges.append((lo, hi))
+    starts = {lo for lo, _ in ranges}
+    ends = {hi for _, hi in ranges}
+    # Covered from MINVALUE to MAXVALUE with no hole: every start but MINVALUE is an end.
+    return sorted((starts - ends - {"MINVALUE"}) | (ends - starts - {"MAXVALUE"}))
+
+
+def _django_uncovered() -> list[str]:
+    with connection.cursor() as cur:
+        cur.execute(_BOUNDS)
+        return _uncovered(cur.fetchall())
 
 
 def _ingest(payload: dict[str, Any]) -> tuple[int, int, list[int]]:
@@ -189,7 +270,7 @@ def test_a_started_at_window_reads_only_its_partitions():
     qs = Cdr.objects.filter(started_at__gte=march, started_at__lt=april)
     plan = qs.order_by("-started_at").explain()
     assert "cdrs_cdr_p2024_03" in plan
-    for other in ("p2024_01", "p2024_02", "p2024_04", "p2024_05", "p2024_06", "default"):
+    for other in ("p2024_01", "p2024_02", "p2024_04", "p2024_05", "p2024_06", "spill"):
         assert f"cdrs_cdr_{other}" not in plan, plan
     assert qs.count() == 1
 
@@ -200,7 +281,7 @@ def test_detail_by_id_reads_one_partition(client_full):
     _months(date(2024, 1, 1), date(2024, 6, 1))
     ids = create_cdrs(*[cdr_payload(started=_at(2024, m)) for m in range(1, 7)])
     foreign = create_cdrs(cdr_payload(id=encode_id(99), started=_at(2024, 2)))[0]
-    months = ("2024_01", "2024_02", "2024_03", "2024_04", "2024_05", "2024_06", "default")
+    months = ("2024_01", "2024_02", "2024_03", "2024_04", "2024_05", "2024_06", "spill")
     for cdr_id, month in ((ids[4], "2024_05"), (foreign, "2024_02")):
         where = cdr_id_where(cdr_id)
         assert where is not None
@@ -218,13 +299,19 @@ def test_detail_by_id_reads_one_partition(client_full):
 @pg
 @pytest.mark.django_db
 def test_split_default_moves_rows_into_their_month():
-    # No partition for 2019: the rows land in the default partition.
+    # No partition for 2019: the rows land in the spill partition before the first month.
     ids = create_cdrs(*[cdr_payload(started=_at(2019, m)) for m in (3, 3, 4)])
-    assert _rows_in("cdrs_cdr_default") == 3
+    assert _spill_rows() == 3
     out = io.StringIO()
     call_command("cdr_partitions", "--split-default", "--ensure", stdout=out)
-    assert "moved 2 rows from cdrs_cdr_default to cdrs_cdr_p2019_03" in out.getvalue()
-    assert _rows_in("cdrs_cdr_default") == 0
+    assert re.search(
+        r"moved 2 rows from cdrs_cdr_spill_min_\d{4}_\d\d to cdrs_cdr_p2019_03", out.getvalue()
+    )
+    assert re.search(
+        r"moved 1 rows from cdrs_cdr_spill_2019_04_\d{4}_\d\d to cdrs_cdr_p2019_04",
+        out.getvalue(),
+    )
+    assert _spill_rows() == 0
     assert _rows_in("cdrs_cdr_p2019_03") == 2 and _rows_in("cdrs_cdr_p2019_04") == 1
     assert sorted(Cdr.objects.values_list("pk", flat=True)) == sorted(ids)
     assert Cdr.objects.filter(cdr_id_where(ids[2])).count() == 1
@@ -235,6 +322,31 @@ def test_split_default_moves_rows_into_their_month():
     call_command("cdr_partitions", "--split-default", "--ensure", stdout=again)
     assert "split-default: 0 rows moved" in again.getvalue()
     assert "ensure: 0 partition(s) created" in again.getvalue()
+    assert _django_uncovered() == []
+
+
+def _spill_rows() -> int:
+    return sum(_rows_in(p.name) for p in partitions.partitions() if p.spill)
+
+
+@pg
+@pytest.mark.django_db
+def test_every_instant_has_a_partition_and_the_months_scan_in_order():
+    _months(date(2024, 1, 1), date(2024, 6, 1))
+    parts = partitions.partitions()
+    assert parts[0].name == "cdrs_cdr_spill_min_2024_01"
+    assert parts[-1].name.endswith("_max") and parts[-1].spill
+    # From the first instant a CDR may start at to the last, every time finds a partition.
+    far = [datetime(1970, 1, 1, tzinfo=UTC), _at(2024, 3), _at(2031, 1), _at(2069, 9, 5)]
+    create_cdrs(*[cdr_payload(started=at) for at in far])
+    assert Cdr.objects.count() == 4
+    assert _django_uncovered() == []
+    with connection.cursor() as cur:
+        # No DEFAULT partition: the planner can read the months' indexes newest first and
+        # stop at the page's end (an ordered Append), instead of merging every partition.
+        cur.execute("SET LOCAL enable_sort = off")
+        plan = Cdr.objects.order_by("-started_at", "-id")[:50].explain()
+    assert "Merge Append" not in plan and "Append" in plan, plan
 
 
 @pg
@@ -256,7 +368,7 @@ def test_cdr_partitions_command():
     if connection.vendor == "postgresql":
         assert "ensure:" in out.getvalue()
         call_command("cdr_partitions", "--list", stdout=out)
-        assert "cdrs_cdr_default" in out.getvalue()
+        assert "cdrs_cdr_spill_min_" in out.getvalue()
     else:
         assert (
             out.getvalue().strip() == "nothing to do on SQLite (the CDR table is not partitioned)"

@@ -12,10 +12,11 @@ from cdrs import partitions
 class Command(BaseCommand):
     help = (
         "PostgreSQL: keep the monthly partitions of the CDR table. --ensure creates the "
-        "default partition and the month partitions from this month to --ahead months after "
-        "it (idempotent; migrate runs it too; safe from cron, e.g. daily). --split-default "
-        "moves rows out of the default partition into a new partition for their month. "
-        "--list shows the partitions. On SQLite there is nothing to do (exit status 0)."
+        "month partitions from this month to --ahead months after it, cut out of the spill "
+        "partitions that cover every other range (idempotent; migrate runs it too; safe from "
+        "cron, e.g. daily). --split-default moves rows that landed in a spill partition (the "
+        "role of a default partition) into a new partition for their month. --list shows "
+        "the partitions. On SQLite there is nothing to do (exit status 0)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -23,7 +24,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--split-default",
             action="store_true",
-            help="move the default partition's rows into month partitions",
+            help="move the rows of spill partitions into month partitions",
         )
         parser.add_argument(
             "--ahead",
