@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypedDict, cast
 
@@ -227,9 +227,11 @@ def cdr_id_where(cdr_id: int) -> Q | None:
 def cdr_get(*, token: ApiToken, cdr_id: int) -> CdrRow | None:
     """One CDR with the fields the token may see, or None (also outside its domains).
 
-    Partitioned PostgreSQL: first as an id we generated (a snowflake carries its time, so
-    one query reads one partition), then, not found so, through the id registry (a PBX's
-    own ids): ``cdr_id_where``.
+    Partitioned PostgreSQL: an id that may be one we generated is read first as such (a
+    snowflake carries its time, so one statement reads one partition); any other id, or
+    one not found so, through the id registry (a PBX's own ids): ``cdr_id_where``. (One
+    statement with the registry lookup as a subquery measured slower than the two: the
+    partitions are then pruned only after the executor has set up a scan of each.)
     """
     fields = visible_field_names(billing=token.scope_billing)
 
@@ -243,13 +245,29 @@ def cdr_get(*, token: ApiToken, cdr_id: int) -> CdrRow | None:
         )
         return next(_as_dicts(fields, found), None)
 
-    if has_registry(connections[routers.read_alias()]):
+    conn = connections[routers.read_alias()]
+    if not has_registry(conn):
+        return fetch(Q(pk=cdr_id))
+    # Which read goes first depends on the id's bits alone, and an id not found the first
+    # way is looked up the second way, found or not: a domain-limited token cannot tell by
+    # the time taken whether an id it may not see exists.
+    if _maybe_generated(cdr_id):
         row = fetch(_snowflake_where(cdr_id))
         if row is not None:
             return row
-    # An unknown id reads again rather than answering at once: a domain-limited token then
-    # cannot tell by the time taken whether an id it may not see exists.
     return fetch(cdr_id_where(cdr_id) or _snowflake_where(cdr_id))
+
+
+# Ids we generate carry their CDR's started_at; one whose time is before this or after
+# tomorrow is a PBX's own (or a CDR far from now): its detail goes to the registry first.
+_GENERATED_FROM = datetime(2001, 1, 1, tzinfo=UTC)
+
+
+def _maybe_generated(cdr_id: int) -> bool:
+    """Whether ``cdr_id`` may be an id we generated for a CDR of a likely time: it only
+    picks the read that goes first (either finds every CDR)."""
+    made = snowflake_time(cdr_id)
+    return _GENERATED_FROM <= made <= datetime.now(UTC) + timedelta(days=1)
 
 
 def cdr_export_rows(

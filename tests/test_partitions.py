@@ -24,7 +24,7 @@ from cdrs.selectors import cdr_id_where, cdr_total
 from cdrs.services import cdr_ingest
 from cdrs.validation import validate_cdr
 from tests.factories import cdr_payload, create_cdrs
-from tests.helpers import scratch_postgresql
+from tests.helpers import AllQueries, scratch_postgresql
 
 ROOT = Path(__file__).resolve().parent.parent
 pg = pytest.mark.postgresql
@@ -294,6 +294,28 @@ def test_detail_by_id_reads_one_partition(client_full):
         assert response.json()["items"][0]["id"] == encode_id(cdr_id)
     assert cdr_id_where(123456) is None
     assert client_full.get(f"/api/cdrs/{encode_id(123456)}").status_code == 404
+
+
+@pg
+@pytest.mark.django_db
+def test_detail_reads_a_pbx_id_through_the_registry_first(client_full):
+    """An id whose bits cannot be a snowflake of ours for a likely time (a PBX's: 2000 or
+    after tomorrow) skips the snowflake read; found or not, every id costs the same reads
+    by the path its bits choose."""
+    _months(date(2024, 1, 1), date(2024, 6, 1))
+    generated = create_cdrs(cdr_payload(started=_at(2024, 5)))[0]
+    foreign = create_cdrs(cdr_payload(id=encode_id(99), started=_at(2024, 2)))[0]
+    client_full.get("/api/cdrs?top=1")  # the token's last-used time written once
+
+    def reads(cdr_id: int, status: int) -> int:
+        with AllQueries() as queries:
+            assert client_full.get(f"/api/cdrs/{encode_id(cdr_id)}").status_code == status
+        return len(queries) - 1  # the token's
+
+    assert reads(generated, 200) == 1  # its own month, by the time in its bits
+    assert reads(foreign, 200) == 2  # the registry, then its month
+    assert reads(98, 404) == 2  # as a PBX's id that exists
+    assert reads(generated + 1, 404) == 3  # as one of ours that exists, then the registry
 
 
 @pg

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from django.db.backends.postgresql import base, operations
 
-from cdrs import partitions, timeouts
+from cdrs import citus, partitions, timeouts
 from cdrs.pgbackend.creation import DatabaseCreation
 
 
@@ -40,9 +40,9 @@ class DatabaseOperations(operations.DatabaseOperations):
         # ``flush`` (and every transactional test) empties the models' tables. The id
         # registry beside the CDRs is no model: on PostgreSQL a TRUNCATE trigger on the CDR
         # table empties it, but Citus runs no trigger, and a stale registry would call every
-        # re-used id a duplicate. So it goes with the CDRs, wherever it exists.
+        # re-used id a duplicate. So there it goes with the CDRs.
         tables = list(tables)
-        if partitions.TABLE in tables and partitions.has_registry(self.connection):
+        if partitions.TABLE in tables and citus.in_use(self.connection):
             tables.append(partitions.REGISTRY)
         result: list[str] = super().sql_flush(style, tables, **kwargs)
         return result
