@@ -29,8 +29,9 @@ class Cdr(models.Model):
     API could not have accepted.
 
     On PostgreSQL the table is range-partitioned by month on ``started_at`` (``cdrs.partitions``,
-    migration 0007), and a unique index of a partitioned table must contain the partition
-    key. Both de-duplication guarantees hold all the same:
+    migrations 0008 and 0011: months, and spill partitions over every other range), and a
+    unique index of a partitioned table must contain the partition key. Both
+    de-duplication guarantees hold all the same:
 
     - Same natural key, one row: ``UNIQUE (natural_key, started_at)`` is as strong as
       ``UNIQUE (natural_key)``, because the key is a hash over started_at (among others):

@@ -145,7 +145,7 @@ def is_partitioned(conn: Any = None) -> bool:
 
 def has_registry(conn: Any = None) -> bool:
     """Whether writes and id lookups go through ``cdrs_cdr_id`` on this connection's database
-    (PostgreSQL after migration 0007). Asked once per connection object (a process); a
+    (PostgreSQL after migration 0008). Asked once per connection object (a process); a
     schema change under a running process needs its restart, as any migration does."""
     conn = conn or default_connection
     found = getattr(conn, "_cdr_has_registry", None)
