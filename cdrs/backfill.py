@@ -87,12 +87,13 @@ class Backfill:
             self._partitions = {p.month for p in partitions.partitions() if p.month}
         lo = partitions.month_start(month)
         hi = partitions.month_start(partitions.next_month(month))
-        if month in self._partitions:
+        # No spill covering the month: it has its own partition (maybe made meanwhile).
+        spill = None if month in self._partitions else partitions.spill_covering(cur, month)
+        if spill is None:
             cur.execute(f"SELECT EXISTS (SELECT 1 FROM {partitions.partition_name(month)})")
         else:
             cur.execute(
-                f"SELECT EXISTS (SELECT 1 FROM {partitions.spill_covering(cur, month)} "
-                "WHERE started_at >= %s AND started_at < %s)",
+                f"SELECT EXISTS (SELECT 1 FROM {spill} WHERE started_at >= %s AND started_at < %s)",
                 [lo, hi],
             )
         return bool(cur.fetchone()[0])
