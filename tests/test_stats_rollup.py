@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdrs import rollup
+from cdrs.generator import generate_cdrs
 from cdrs.models import CdrHourlyStats, CdrHourlyTotals
 from cdrs.query.options import parse_list_options
 from cdrs.query.stats_options import parse_stats_options
@@ -125,10 +126,12 @@ def test_only_inserted_rows_count_and_rebuild_gives_the_same_table(db):
     first = cdr_payload(cost=Decimal("0.25"))
     create_cdrs(first, cdr_payload(started=START, answered_at=None))
     create_cdrs(first, first)  # re-sent: duplicates are not stored, nor counted
-    create_generated(120, seed=3)
+    create_generated(120, seed=3)  # one batch: aggregated in SQL on PostgreSQL
+    for payload in generate_cdrs(30, seed=4):  # one at a time: aggregated in Python
+        create_cdrs(payload)
     incremental, totals = _table(), _totals()
-    assert sum(row[1][0] for row in incremental) == 122
-    assert sum(row[1][0] for row in totals) == 122
+    assert sum(row[1][0] for row in incremental) == 152
+    assert sum(row[1][0] for row in totals) == 152
     rollup.rebuild()
     assert _table() == incremental
     assert _totals() == totals
