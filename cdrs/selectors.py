@@ -259,7 +259,9 @@ def cdr_get(*, token: ApiToken, cdr_id: int) -> CdrRow | None:
 
 
 # Ids we generate carry their CDR's started_at; one whose time is before this or after
-# tomorrow is a PBX's own (or a CDR far from now): its detail goes to the registry first.
+# tomorrow is a PBX's own (a small sequential number, say) or a CDR far from now: its detail
+# goes to the registry first. (PortSIP's ids are snowflakes of its own that read as 2006-07
+# here: they still take the snowflake read first.)
 _GENERATED_FROM = datetime(2001, 1, 1, tzinfo=UTC)
 
 
