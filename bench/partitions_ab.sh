@@ -46,7 +46,7 @@ for run in runs:
         p50s[kind].setdefault(case, []).append(row["p50_ms"])
 rounds = len(next(iter(p50s["plain"].values())))
 print(f"{tag}: median of {rounds} rounds' p50 (ms), plain table vs {parts} partitions")
-print(f"| case | plain | partitioned | partitioned / plain |")
+print("| case | plain | partitioned | partitioned / plain |")
 print("|---|---:|---:|---:|")
 for case, values in p50s["plain"].items():
     a = statistics.median(values)

@@ -216,9 +216,14 @@ def partitions(conn: Any = None) -> list[Partition]:
         return _read_partitions(cur)
 
 
+def _spill_over(cur: Any, month: date) -> Partition | None:
+    return next((p for p in _read_partitions(cur) if p.spill and p.covers(month)), None)
+
+
 def spill_covering(cur: Any, month: date) -> str | None:
     """The spill partition whose range holds ``month`` (None when the month has its own)."""
-    return next((p.name for p in _read_partitions(cur) if p.spill and p.covers(month)), None)
+    spill = _spill_over(cur, month)
+    return None if spill is None else spill.name
 
 
 def _range_sql(lo: date | None, hi: date | None) -> tuple[str, list[datetime]]:
@@ -337,14 +342,15 @@ def _spill(lo: date | None, hi: date | None) -> Partition:
     return Partition(spill_name(lo, hi), lo, hi, 0)
 
 
-def carve(cur: Any, month: date, *, make_month: bool = True) -> tuple[str, dict[str, int]]:
+def carve(cur: Any, month: date, *, make_month: bool = True) -> tuple[str, dict[str, int]] | None:
     """Cut ``month`` out of the spill partition that covers it: the spill is replaced by the
     month's partition (or, with ``make_month=False``, a hole the caller attaches a table
     into in the same transaction) and spills over what is left on either side. Returns the
-    spill's name and the rows moved per new partition."""
-    spill = next((p for p in _read_partitions(cur) if p.spill and p.covers(month)), None)
+    spill's name and the rows moved per new partition; None when no spill covers the month
+    (it has a partition of its own, or was just detached by the caller)."""
+    spill = _spill_over(cur, month)
     if spill is None:
-        raise PartitionError(f"no spill partition covers {month:%Y-%m}")
+        return None
     after = next_month(month)
     news = []
     if spill.lo != month:
@@ -497,9 +503,10 @@ def split_default(*, conn: Any = None, say: Say = _quiet) -> dict[str, int]:
             with transaction.atomic(using=conn.alias), conn.cursor() as cur:
                 serialize(cur)
                 set_lock_timeout(cur)
-                if spill_covering(cur, month) is None:  # split meanwhile by another run
+                cut = carve(cur, month)
+                if cut is None:  # split meanwhile by another run
                     return None
-                spill, rows = carve(cur, month)
+                spill, rows = cut
                 return spill, rows.get(partition_name(month), 0)
 
         done = with_lock_retries(work, what=name, say=say)
@@ -518,8 +525,7 @@ def attach_month(cur: Any, table: str, month: date) -> None:
     once attached. The indexes the parent has are created on the table before it is
     attached, or by the attach.
     """
-    if spill_covering(cur, month) is not None:
-        carve(cur, month, make_month=False)
+    carve(cur, month, make_month=False)
     lo, hi = bound(month_start(month)), bound(month_start(next_month(month)))
     check = f"{table}_bound"
     cur.execute(
