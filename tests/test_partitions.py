@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import IntegrityError, close_old_connections, connection
 
 from cdrs import partitions
@@ -395,3 +396,21 @@ def test_cdr_partitions_command():
         assert (
             out.getvalue().strip() == "nothing to do on SQLite (the CDR table is not partitioned)"
         )
+
+
+@pg
+@pytest.mark.django_db(transaction=True)
+def test_a_table_held_by_a_long_read_makes_ensure_fail_clearly_and_change_nothing(monkeypatch):
+    monkeypatch.setattr(partitions, "DETACH_LOCK_TIMEOUT_MS", 100)
+    monkeypatch.setattr(partitions, "DETACH_ATTEMPTS", 2)
+    before = [p.name for p in partitions.partitions()]
+    params = connection.get_connection_params()
+    with psycopg.connect(**params) as reader:  # an export's open transaction
+        reader.execute("SELECT count(*) FROM cdrs_cdr")
+        out = io.StringIO()
+        with pytest.raises(CommandError, match="stayed busy; nothing changed, run it again"):
+            call_command("cdr_partitions", "--ensure", "--ahead", "8", stdout=out)
+    assert "the CDR table stayed busy (attempt 2), trying again" in out.getvalue()
+    assert [p.name for p in partitions.partitions()] == before
+    call_command("cdr_partitions", "--ensure", "--ahead", "8", stdout=out)  # no reader now
+    assert len(partitions.partitions()) > len(before)

@@ -46,12 +46,15 @@ class Command(BaseCommand):
         def say(text: str) -> None:
             self.stdout.write(text)
 
-        if options["split_default"]:
-            moved = partitions.split_default(say=say)
-            self.stdout.write(f"split-default: {sum(moved.values()):,} rows moved")
-        if options["ensure"]:
-            created = partitions.ensure(ahead=options["ahead"], say=say)
-            self.stdout.write(f"ensure: {len(created)} partition(s) created")
+        try:
+            if options["split_default"]:
+                moved = partitions.split_default(say=say)
+                self.stdout.write(f"split-default: {sum(moved.values()):,} rows moved")
+            if options["ensure"]:
+                created = partitions.ensure(ahead=options["ahead"], say=say)
+                self.stdout.write(f"ensure: {len(created)} partition(s) created")
+        except partitions.PartitionError as exc:  # a long read held the table: run it again
+            raise CommandError(f"{exc}; nothing changed, run it again later") from None
         if options["list"]:
             for p in partitions.partitions():
                 self.stdout.write(f"{p.name}\t~{p.rows_estimate:,} rows")

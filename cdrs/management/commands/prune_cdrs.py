@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from cdrs import retention
+from cdrs import partitions, retention
 
 _AGE_RE = re.compile(r"([1-9][0-9]{0,5})d")
 
@@ -70,12 +70,15 @@ class Command(BaseCommand):
             )
         verb = "would remove" if options["dry_run"] else "removing"
         self.stdout.write(f"{verb} every CDR that started before {before.isoformat()}")
-        report = retention.prune(
-            before=before,
-            dry_run=options["dry_run"],
-            batch_rows=options["batch"],
-            say=self.stdout.write,
-        )
+        try:
+            report = retention.prune(
+                before=before,
+                dry_run=options["dry_run"],
+                batch_rows=options["batch"],
+                say=self.stdout.write,
+            )
+        except partitions.PartitionError as exc:  # a long read held the table: run it again
+            raise CommandError(f"{exc}; months dropped so far stay dropped, run it again") from None
         whole = sum(rows for _, rows, _ in report.partitions)
         summary = (
             f"{report.rows:,} CDRs: {whole:,} in {len(report.partitions)} whole partition(s), "
