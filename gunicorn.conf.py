@@ -3,17 +3,17 @@
 import os
 
 bind = os.environ.get("BIND", f"0.0.0.0:{os.environ.get('PORT', '8887')}")
-# Threads, so that slow clients (headers trickling in, an export nobody reads) each hold one
-# thread and not a whole worker: with 2 workers of 32 threads, 8 trickling clients and 4
-# stalled exports leave the service answering others in milliseconds (bench/README.md,
-# "Slow clients"). cdrservice.gunicorn_worker.ThreadWorker is gunicorn's gthread plus a
-# deadline for receiving each request, a cap on its head and JSON error bodies. gunicorn
-# 24+ lets a stopping (recycled) gthread worker finish the connections it has accepted;
-# 23 reset them, the reason this ran sync workers before (tests/test_ops.py checks it).
+# cdrservice.gunicorn_loop.LoopWorker: connections on an event loop (a slow client, trickling
+# headers or not reading an export, holds a buffer, not a thread), the app run on the loop's
+# thread for the API's short requests (no handoff between threads: detail by id 1,000-1,300
+# -> 1,700-1,900 req/s on 2 cores, bench/README.md "Server") and in a pool of
+# GUNICORN_THREADS threads for the long ones (export, statistics, search, admin). Both it and
+# cdrservice.gunicorn_worker.ThreadWorker (gthread, the default before) bound how long a
+# request may take to arrive, cap its head and answer protocol errors with JSON bodies.
 # Each thread that has run a query keeps its own database connection (DB_CONN_MAX_AGE):
-# PostgreSQL needs max_connections above WEB_CONCURRENCY x GUNICORN_THREADS per app server.
+# PostgreSQL needs max_connections above WEB_CONCURRENCY x (GUNICORN_THREADS + 1).
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "cdrservice.gunicorn_worker.ThreadWorker")
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "cdrservice.gunicorn_loop.LoopWorker")
 threads = int(os.environ.get("GUNICORN_THREADS", "32"))
 # Recycle workers now and then (bounded memory over months), not all at once.
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "20000"))
@@ -25,9 +25,13 @@ graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = 5
 # Request heads: the contract's 2,000-character filter, percent-encoded, can take 24,000
 # bytes (4-byte UTF-8 characters); gunicorn's request-line limit stops at 8,190 unless
-# lifted (0), so our worker caps the whole head instead (GUNICORN_MAX_REQUEST_HEAD_BYTES).
+# lifted (0), so our workers cap the whole head instead (GUNICORN_MAX_REQUEST_HEAD_BYTES).
 # Any other worker class keeps gunicorn's largest finite limit.
-limit_request_line = 0 if worker_class == "cdrservice.gunicorn_worker.ThreadWorker" else 8190
+_CAPPING_WORKERS = (
+    "cdrservice.gunicorn_loop.LoopWorker",
+    "cdrservice.gunicorn_worker.ThreadWorker",
+)
+limit_request_line = 0 if worker_class in _CAPPING_WORKERS else 8190
 limit_request_field_size = 32768
 # Proxies: X-Forwarded-Proto (and the rest) count only from the addresses in
 # CDR_TRUSTED_PROXIES; none by default (gunicorn's own default trusts 127.0.0.1).

@@ -38,6 +38,13 @@ SEND_TIMEOUT = int(os.environ.get("GUNICORN_SEND_TIMEOUT") or 60)
 _END_OF_HEAD = b"\r\n\r\n"
 
 
+def json_error_response(status: int, message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """(headers, body) of an error the server answers itself, in the API's shape."""
+    error = {"code": error_code(status), "message": message, "detail": {}}
+    body = orjson.dumps({"errors": [error]})
+    return [(b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(body))], body
+
+
 class RequestHeadTimeout(Exception):
     """The request line and headers did not arrive within the read deadline."""
 
@@ -188,14 +195,12 @@ class ThreadWorker(gthread.ThreadWorker):
         self._write_json_error(client, status, reason, message or reason)
 
     def _write_json_error(self, client: Any, status: int, reason: str, message: str) -> None:
-        code = error_code(status)
-        body = orjson.dumps({"errors": [{"code": code, "message": message, "detail": {}}]})
-        head = (
-            f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        headers, body = json_error_response(status, message)
+        head = f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n" + "".join(
+            f"{k.decode('latin-1')}: {v.decode('latin-1')}\r\n" for k, v in headers
         )
         try:
             client.settimeout(1.0)  # a client that does not read does not keep this thread
-            client.sendall(head.encode("latin-1") + body)
+            client.sendall((head + "\r\n").encode("latin-1") + body)
         except OSError:
             self.log.debug("Failed to send error message.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import psycopg
 import pytest
 from django.db import connection
 from django.test import override_settings
@@ -15,7 +16,7 @@ from cdrs.importer import import_file
 from cdrs.models import Cdr
 from cdrs.query.cursor import encode_cursor
 from cdrs.query.options import parse_list_options
-from cdrs.selectors import LIST_FIELDS, cdr_page_queryset
+from cdrs.selectors import LIST_FIELDS, cdr_list, cdr_page_queryset
 from cdrs.tokens import mint_token
 
 pytestmark = [pytest.mark.postgresql, pytest.mark.django_db(transaction=True)]
@@ -124,3 +125,48 @@ def test_an_extensions_page_stops_after_top_rows_instead_of_sorting_all_its_call
             # No Sort node (a partitioned table's Merge Append of index scans is fine).
             assert not SORT_NODE.search(text), f"{field} {caller}:\n{text}"
             assert f"cdr_{field}_started_idx" in text, f"{field} {caller}:\n{text}"
+
+
+@pytest.mark.no_citus(
+    "the coordinator merges the shards' pages with a Sort of their rows (tests/test_citus.py)"
+)
+def test_the_prepared_caller_page_walks_the_index_whatever_the_caller(big_table):
+    """psycopg prepares a statement run often, and PostgreSQL then plans it once for any
+    caller (a generic plan). With the page size written into the SQL (``LIMIT 51``) that
+    plan expected an average caller's few rows and sorted all of a busy extension's calls
+    (7.6 ms instead of 0.2 ms at 1M CDRs); the statement carries the LIMIT as a parameter,
+    so the generic plan also reads the index in order and stops at the page. (On this
+    table's 200,000 rows the literal's generic plan happens to walk the index too: the
+    statement's form is what this checks first, the resulting plan second.)"""
+    token = big_table
+    with connection.cursor() as cur:
+        cur.execute("SELECT caller FROM cdrs_cdr GROUP BY caller ORDER BY count(*) DESC LIMIT 1")
+        busiest = cur.fetchone()[0]
+    sent: list[tuple[str, list]] = []
+
+    def capture(execute, sql, params, many, context):
+        if "ORDER BY" in sql:
+            sent.append((sql, list(params)))
+        return execute(sql, params, many, context)
+
+    options = parse_list_options(
+        {"filter": [f"caller eq '{busiest}'"], "top": ["50"], "count": ["false"]}, billing=False
+    )
+    with connection.execute_wrapper(capture):
+        cdr_list(token=token, options=options)
+    ((sql, params),) = sent
+    assert sql.endswith(" LIMIT %s") and params[-1] == 51, sql
+    numbered = iter(range(1, len(params) + 1))
+    statement = re.sub("%s", lambda _m: f"${next(numbered)}", sql).replace("%%", "%")
+    # A client-side cursor: PREPARE's own $n must reach PostgreSQL as text.
+    with psycopg.ClientCursor(connection.connection) as client:
+        client.execute(f"PREPARE caller_page AS {statement}")
+        try:
+            client.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            values = ", ".join("%s" for _ in params)
+            client.execute(f"EXPLAIN EXECUTE caller_page({values})", params)
+            text = "\n".join(row[0] for row in client.fetchall())
+        finally:
+            client.execute("DEALLOCATE caller_page")
+    assert not SORT_NODE.search(text), text
+    assert "cdr_caller_started_idx" in _as_parent_indexes(text), text

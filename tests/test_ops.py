@@ -459,11 +459,15 @@ def test_metrics_survive_worker_recycling_without_piling_up_files(tmp_path):
         with ThreadPoolExecutor(max_workers=4) as pool:
             statuses = list(pool.map(lambda _: http_get(f"{base}/healthz")[0], range(60)))
         assert statuses == [200] * 60
+        # A worker past max_requests stops at its next heartbeat (the loop worker's is 1 s).
+        deadline = time.monotonic() + 15
+        while not (multiproc / "counter_archive.db").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
         totals = [
             requests_total(parse_metrics(http_get(f"{base}/metrics")[2].decode()), "healthz")
             for _ in range(5)
         ]
-        # ~6 workers came and went: their counts live on in one archive file per type.
+        # Workers came and went: their counts live on in one archive file per type.
         counter_files = sorted(p.name for p in multiproc.glob("counter_*.db"))
     assert totals == [start + 60] * 5
     assert "counter_archive.db" in counter_files
