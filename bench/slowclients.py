@@ -35,12 +35,15 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-only-secret-key-not-for-production-0123456789abcdefghijklmnop"
+THREAD_WORKER = "cdrservice.gunicorn_worker.ThreadWorker"
 CANDIDATES = {
     "sync": {"GUNICORN_WORKER_CLASS": "sync", "GUNICORN_THREADS": "1"},
     "gthread-stock": {"GUNICORN_WORKER_CLASS": "gthread", "GUNICORN_THREADS": "32"},
-    "threads-8": {"GUNICORN_THREADS": "8"},
-    "threads-16": {"GUNICORN_THREADS": "16"},
-    "threads-32": {"GUNICORN_THREADS": "32"},
+    "threads-8": {"GUNICORN_WORKER_CLASS": THREAD_WORKER, "GUNICORN_THREADS": "8"},
+    "threads-16": {"GUNICORN_WORKER_CLASS": THREAD_WORKER, "GUNICORN_THREADS": "16"},
+    "threads-32": {"GUNICORN_WORKER_CLASS": THREAD_WORKER, "GUNICORN_THREADS": "32"},
+    # The default: an event loop per worker, 32 threads for long requests.
+    "loop": {"GUNICORN_WORKER_CLASS": "cdrservice.gunicorn_loop.LoopWorker"},
 }
 TIMEOUT = 2.0
 

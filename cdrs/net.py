@@ -55,8 +55,11 @@ def _parse(text: str) -> IPAddress | None:
 
 
 def is_trusted_proxy(address: str) -> bool:
+    networks = trusted_proxy_networks()
+    if not networks:  # the default: no address to parse (several times a request)
+        return False
     parsed = _parse(address)
-    return parsed is not None and any(parsed in net for net in trusted_proxy_networks())
+    return parsed is not None and any(parsed in net for net in networks)
 
 
 def client_ip(request: HttpRequest) -> str:

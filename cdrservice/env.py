@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -41,6 +42,7 @@ _RATE_RE = re.compile(r"\s*(\d+)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+@functools.lru_cache(maxsize=64)  # DRF's throttles parse their rate on every request
 def parse_rate(text: str) -> tuple[int, int]:
     """``"6000/min"`` -> (6000, 60), ``"30/10min"`` -> (30, 600): requests per window seconds.
 

@@ -218,7 +218,10 @@ class WsgiOnLoop:
         """A long request, in a pool thread; what it sends goes to the loop piece by piece."""
 
         def deliver(message: dict[str, Any]) -> None:
-            asyncio.run_coroutine_threadsafe(send(message), loop).result()
+            # send() gives up after SEND_TIMEOUT itself; the margin covers a loop that has
+            # stopped (a worker shutting down), so this thread cannot wait forever.
+            wait = SEND_TIMEOUT + 5 if SEND_TIMEOUT > 0 else None
+            asyncio.run_coroutine_threadsafe(send(message), loop).result(wait)
 
         response = _Response()
         result = self.app(environ, response.start_response)
