@@ -49,6 +49,7 @@ import asyncio
 import contextvars
 import functools
 import io
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -66,6 +67,7 @@ from cdrservice.gunicorn_worker import (
     json_error_response,
 )
 
+_log = logging.getLogger("gunicorn.error")
 _END_OF_HEAD = b"\r\n\r\n"
 # A streamed response reaches the loop in pieces of about this size (an export yields one
 # line at a time: a hop to the loop per line would cost more than the line).
@@ -181,15 +183,24 @@ class WsgiOnLoop:
             return
         environ["wsgi.input"] = io.BytesIO(body)
 
+        loop = asyncio.get_running_loop()
+
+        def drop_client() -> None:
+            # The client read nothing for SEND_TIMEOUT s: drop it (close() would wait to
+            # flush what it never reads); the send waiting on it fails.
+            _log.info("Dropped a client that read nothing for %s s", SEND_TIMEOUT)
+            if abort is not None:
+                abort()
+
         async def send_in_time(message: dict[str, Any]) -> None:
+            # A timer, not asyncio.wait_for: that wraps every send in a task, which costs
+            # time and yields to other connections between a response's head and body.
+            timer = loop.call_later(SEND_TIMEOUT, drop_client) if SEND_TIMEOUT > 0 else None
             try:
-                await asyncio.wait_for(send(message), SEND_TIMEOUT if SEND_TIMEOUT > 0 else None)
-            except TimeoutError:
-                # The client read nothing for SEND_TIMEOUT s: drop it (close() would wait to
-                # flush what it never reads).
-                if abort is not None:
-                    abort()
-                raise
+                await send(message)
+            finally:
+                if timer is not None:
+                    timer.cancel()
 
         if runs_inline(environ):
             response = _Response()
@@ -197,7 +208,6 @@ class WsgiOnLoop:
             await send_in_time(response.start_message())
             await send_in_time(_body_message(content))
             return
-        loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.pool, self._in_thread, environ, loop, send_in_time)
 
     def _inline(self, environ: dict[str, Any], response: _Response) -> bytes:
@@ -305,17 +315,58 @@ class WsgiOnLoop:
                 return
 
 
+class _WorkerSeenByConnection:
+    """The worker as one connection sees it: neither stopped nor at max_requests while
+    the connection's last response promised keep-alive.
+
+    gunicorn's connection loop decides again whether to keep a connection after each
+    response, from ``worker.alive`` and ``worker.nr >= worker.max_requests``, after a pause
+    in which other connections' requests run and count. When they reached max_requests
+    meanwhile, a connection whose response had just said "keep-alive" was closed under the
+    client's next request: wrk counted 17–25 read errors in 5 s with a recycle every 1,000
+    requests a worker (one connection alone: none). With this view that connection serves
+    its next request, answered with ``Connection: close``, and then closes.
+    """
+
+    def __init__(self, worker: Any, connection: LoopProtocol) -> None:
+        object.__setattr__(self, "_worker", worker)
+        object.__setattr__(self, "_connection", connection)
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._worker.alive or self._connection.promised_keepalive)
+
+    @property
+    def max_requests(self) -> int:
+        promised = self._connection.promised_keepalive
+        return sys.maxsize if promised else int(self._worker.max_requests)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._worker, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._worker, name, value)
+
+
 class LoopProtocol(asgi_protocol.ASGIProtocol):
-    """gunicorn's HTTP/1 protocol with the head's deadline and byte cap, JSON errors, and
-    a way for the app to drop a connection whose client stopped reading."""
+    """gunicorn's HTTP/1 protocol with the head's deadline and byte cap, JSON errors, a
+    way for the app to drop a connection whose client stopped reading, and keep-alive
+    promises kept while the worker stops (``_WorkerSeenByConnection``)."""
 
     def __init__(self, worker: Any) -> None:
-        super().__init__(worker)
+        self.promised_keepalive = False
+        super().__init__(_WorkerSeenByConnection(worker, self))
         app: WsgiOnLoop = worker.asgi
         self.app = functools.partial(app, abort=self._abort)
         self._head_bytes = 0
         self._head_tail = b""
         self._head_timer: asyncio.TimerHandle | None = None
+
+    async def _serve_http_request(self, *args: Any) -> bool:
+        self.promised_keepalive = False  # this response announces close if the worker stops
+        keepalive = bool(await super()._serve_http_request(*args))
+        self.promised_keepalive = keepalive
+        return keepalive
 
     def data_received(self, data: bytes) -> None:
         if self._current_request is None and not self._closed and self._websocket is None:

@@ -6,6 +6,7 @@ runs in a subprocess with its own environment, bounded in time and always cleane
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import secrets
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -472,6 +474,46 @@ def test_metrics_survive_worker_recycling_without_piling_up_files(tmp_path):
     assert totals == [start + 60] * 5
     assert "counter_archive.db" in counter_files
     assert len(counter_files) <= 3, counter_files  # the archive and the two live workers
+
+
+@pytest.mark.parametrize(
+    "worker_class",
+    ["cdrservice.gunicorn_loop.LoopWorker", "cdrservice.gunicorn_worker.ThreadWorker"],
+)
+def test_keep_alive_clients_lose_no_request_while_workers_recycle(tmp_path, worker_class):
+    """Clients that keep their connections open, as a PBX's webhook sender or a billing
+    poller does, and reconnect when a response says ``Connection: close``: a worker that
+    recycles every 15 requests closes each connection only after announcing it. (The loop
+    worker used to close a connection under the client's next request when other
+    connections had reached max_requests meanwhile.)"""
+    env = production_env(
+        tmp_path,
+        GUNICORN_WORKER_CLASS=worker_class,
+        GUNICORN_MAX_REQUESTS="15",
+        GUNICORN_MAX_REQUESTS_JITTER="0",
+        LOG_LEVEL="WARNING",
+    )
+
+    def client(base: str) -> list[str]:
+        outcomes = []
+        conn = http.client.HTTPConnection(urlsplit(base).netloc, timeout=10)
+        for _ in range(40):
+            try:
+                conn.request("GET", "/healthz")
+                response = conn.getresponse()
+                response.read()
+                outcomes.append(str(response.status))
+                if response.getheader("Connection", "").lower() == "close":
+                    conn.close()  # announced: the next request opens a new connection
+            except (OSError, http.client.HTTPException) as exc:
+                outcomes.append(type(exc).__name__)
+                conn.close()
+        conn.close()
+        return outcomes
+
+    with gunicorn(env, tmp_path, workers=2) as base, ThreadPoolExecutor(max_workers=6) as pool:
+        outcomes = [o for found in pool.map(client, [base] * 6) for o in found]
+    assert outcomes == ["200"] * 240, sorted(set(outcomes))
 
 
 # --- API schema and docs -----------------------------------------------------------------
