@@ -7,10 +7,16 @@ work, which runs in another process). With ``--floor`` it does the same to bench
 the framework-free floor, for the difference that is Django's and DRF's. ``--profile S``
 prints a cProfile of scenario S instead.
 
+``--webhook`` measures single-event PortSIP webhook POSTs instead (each one a new CDR,
+with its own cdr_id and Call-ID, as bench/webhook.py sends them), against the database
+bench/webhook.py made (default cdrbench_webhook); with ``--profile W`` it profiles them.
+
     .venv/bin/python bench/inprocess.py [--database-url URL] [--requests N] [--floor]
                                         [--only S2,S5] [--profile S5]
+    .venv/bin/python bench/inprocess.py --webhook [--requests N] [--profile W]
 
-It needs a database loaded by bench/run.py (``--skip-load`` is implied). Not a test.
+It needs a database loaded by bench/run.py (``--skip-load`` is implied), or for
+``--webhook`` one bench/webhook.py has migrated. Not a test.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
 import os
 import pstats
 import random
@@ -30,14 +37,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
 import run
+import webhook
 
 SCENARIOS = ("S1", "S2", "S3", "S5", "S7")
 
 
-def environ(path: str, token: str) -> dict:
+def environ(path: str, token: str, body: bytes | None = None) -> dict:
     path_info, _, query = path.partition("?")
+    extra = {}
+    if body is not None:
+        extra = {"CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body))}
     return {
-        "REQUEST_METHOD": "GET",
+        **extra,
+        "REQUEST_METHOD": "GET" if body is None else "POST",
         "PATH_INFO": unquote(path_info),
         "QUERY_STRING": query,
         "SERVER_NAME": "127.0.0.1",
@@ -47,7 +59,7 @@ def environ(path: str, token: str) -> dict:
         "HTTP_HOST": "127.0.0.1:8887",
         "HTTP_AUTHORIZATION": f"Bearer {token}",
         "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(b""),
+        "wsgi.input": io.BytesIO(body or b""),
         "wsgi.errors": sys.stderr,
         "wsgi.multithread": True,
         "wsgi.multiprocess": True,
@@ -56,9 +68,9 @@ def environ(path: str, token: str) -> dict:
     }
 
 
-def call(app, path: str, token: str) -> int:
+def call(app, path: str, token: str, post: bytes | None = None) -> int:
     status: list[str] = []
-    body = app(environ(path, token), lambda s, h, exc_info=None: status.append(s))
+    body = app(environ(path, token, post), lambda s, h, exc_info=None: status.append(s))
     for _chunk in body:
         pass
     if hasattr(body, "close"):
@@ -75,6 +87,37 @@ def measure(app, paths: list[str], token: str, n: int) -> tuple[float, float]:
     return (time.perf_counter() - wall0) / n * 1e3, (time.process_time() - cpu0) / n * 1e3
 
 
+def webhook_events(n: int) -> list[bytes]:
+    """``n`` distinct call_cdr events (cdr_id and Call-ID unique to this run)."""
+    event = json.loads(webhook.EVENT.read_text())
+    run_tag = random.SystemRandom().randrange(10**6)
+    out = []
+    for i in range(n):
+        event["cdr_id"] = str(4 * 10**17 + run_tag * 10**8 + i)
+        event["call_id"] = f"inprocess-{run_tag}-{i}"
+        out.append(json.dumps(event).encode())
+    return out
+
+
+def measure_webhook(app, token: str, n: int, profile: bool) -> None:
+    events = webhook_events(n + 50)
+    for body in events[:50]:
+        assert call(app, webhook.PATH, token, body) == 200
+    prof = cProfile.Profile() if profile else None
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    if prof:
+        prof.enable()
+    for body in events[50:]:
+        call(app, webhook.PATH, token, body)
+    if prof:
+        prof.disable()
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(60)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(40)
+        return
+    wall, cpu = (time.perf_counter() - wall0) / n * 1e3, (time.process_time() - cpu0) / n * 1e3
+    print(f"webhook call_cdr, {n} new events: {wall:.3f} ms wall, {cpu:.3f} ms CPU per request")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/cdrbench")
@@ -82,18 +125,26 @@ def main() -> None:
     p.add_argument("--only", default=",".join(SCENARIOS))
     p.add_argument("--floor", action="store_true", help="also measure bench/floor.py")
     p.add_argument("--profile", metavar="S", help="cProfile one scenario (service)")
+    p.add_argument("--webhook", action="store_true", help="single-event webhook POSTs")
     args = p.parse_args()
+    if args.webhook and args.database_url == p.get_default("database_url"):
+        args.database_url = webhook.DEFAULT_DB
 
     env = common.service_env(args.database_url)
     os.environ.update(env)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cdrservice.settings")
     token = common.mint_token(env)
+    sys.path.insert(0, str(common.ROOT))
+    if args.webhook:
+        from cdrservice.wsgi import application
+
+        measure_webhook(application, token, args.requests, profile=bool(args.profile))
+        return
 
     rows = run._row_count(args.database_url)
     inputs = run.sample_inputs(args.database_url, rows)
     random.seed(1)
 
-    sys.path.insert(0, str(common.ROOT))
     from cdrservice.wsgi import application as service
 
     apps = {"service": service}

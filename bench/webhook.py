@@ -253,6 +253,12 @@ def main() -> None:
         # Re-send, over and over, events each thread stored in the "new" phase: its first
         # `stored_each` (half its share, so every one of them was surely sent).
         stored_each = max(1, new["requests"] // (2 * args.threads))
+        # Every event of the run has the same start time (one fixture), so until statistics
+        # say so the planner may look duplicates up by started_at and filter thousands of
+        # rows (2.4 ms) instead of using the (natural_key, started_at) key (0.03 ms). A real
+        # table's calls spread over time and autovacuum keeps statistics: analyze first.
+        with common.pg_connect(url) as c:
+            c.execute("ANALYZE cdrs_cdr")
         again = phase(
             "re-delivered", server, token, "900000001", stored_each, args.duration, args, meter
         )

@@ -2,8 +2,9 @@
 
 ``add_inserted`` is called by ``services.cdr_ingest`` with exactly the rows its INSERT
 stored (``ON CONFLICT DO NOTHING`` skips duplicates), inside the same transaction, so the
-rollup is exact whenever the CDR table is. ``rebuild`` recomputes it from the CDRs (the
-migration's backfill; also a repair tool).
+rollup is exact whenever the CDR table is; one CDR on PostgreSQL is added by the statement
+that inserts it (``upserts_sql`` over its ``RETURNING`` row). ``rebuild`` recomputes it
+from the CDRs (the migration's backfill; also a repair tool).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ MEASURES = ("calls", "answered", "total_duration", "pdd_sum", "pdd_calls", "cost
 SLOTS = 4  # rows per key that concurrent writers spread over (see CdrHourlyStats)
 _COLUMNS = ("hour", "dims_key", "slot", *DIMENSIONS, *MEASURES)
 _CHUNK = 500  # keys per INSERT statement (SQLite allows 32766 parameters)
-# Up to this many rows (a webhook event, an API POST) are added from Python, as on SQLite:
-# reading one just-inserted row back from the partitioned table to aggregate it in SQL took
-# PostgreSQL 1.5 ms a statement, two statements an event, three times the CDR insert.
+# Up to this many rows (a small POST) are added from Python, as on SQLite: reading a few
+# just-inserted rows back from the partitioned table to aggregate them in SQL took PostgreSQL
+# 1.5 ms a statement. (One CDR on PostgreSQL is added by its own INSERT statement instead,
+# aggregating its RETURNING row: ``upserts_sql``, ``services._one_statement_sql``.)
 FEW_ROWS = 20
 
 
@@ -147,26 +149,31 @@ def _totals_select_sql(where: str, table: str = "cdrs_cdr") -> str:
     )
 
 
+def upserts_sql(where: str, table: str = "cdrs_cdr") -> tuple[str, str]:
+    """PostgreSQL: the statements adding the CDRs ``where`` selects in ``table`` to the rollup
+    and to its totals. Each takes the slot, then ``where``'s parameters. ``table`` may be a
+    data-modifying WITH's ``RETURNING *`` (``services``: one statement per webhook event).
+    """
+    stats_updates = ", ".join(f"{m} = {TABLE}.{m} + excluded.{m}" for m in MEASURES)
+    totals_updates = ", ".join(f"{m} = {TOTALS_TABLE}.{m} + excluded.{m}" for m in MEASURES)
+    return (
+        f"INSERT INTO {TABLE} ({', '.join(_COLUMNS)}) {_stats_select_sql(where, table)} "
+        f"ON CONFLICT (hour, dims_key, slot) DO UPDATE SET {stats_updates}",
+        f"INSERT INTO {TOTALS_TABLE} (hour, slot, {', '.join(MEASURES)}) "
+        f"{_totals_select_sql(where, table)} "
+        f"ON CONFLICT (hour, slot) DO UPDATE SET {totals_updates}",
+    )
+
+
 def _add_inserted_sql(where: str, params: list[Any], slot: int, table: str = "cdrs_cdr") -> None:
     """PostgreSQL: aggregate the inserted rows in SQL, found by ``where`` in ``table``.
 
     A multi-row VALUES list built in Python cost as much as the CDR insert itself (psycopg
     composing ~14,000 parameters for a 1,000-row batch of historical CDRs, ~1 key a row).
     """
-    stats_updates = ", ".join(f"{m} = {TABLE}.{m} + excluded.{m}" for m in MEASURES)
-    totals_updates = ", ".join(f"{m} = {TOTALS_TABLE}.{m} + excluded.{m}" for m in MEASURES)
     with connection.cursor() as cur:
-        cur.execute(
-            f"INSERT INTO {TABLE} ({', '.join(_COLUMNS)}) {_stats_select_sql(where, table)} "
-            f"ON CONFLICT (hour, dims_key, slot) DO UPDATE SET {stats_updates}",
-            [slot, *params],
-        )
-        cur.execute(
-            f"INSERT INTO {TOTALS_TABLE} (hour, slot, {', '.join(MEASURES)}) "
-            f"{_totals_select_sql(where, table)} "
-            f"ON CONFLICT (hour, slot) DO UPDATE SET {totals_updates}",
-            [slot, *params],
-        )
+        for sql in upserts_sql(where, table):
+            cur.execute(sql, [slot, *params])
 
 
 def add_table(table: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import os
@@ -9,10 +10,12 @@ import random
 import secrets
 import threading
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Field
 
 from cdrs import citus, metrics, rollup
 from cdrs.ids import LOW_MASK, snowflake
@@ -117,12 +120,30 @@ def _insert_rows(rows: Sequence[dict[str, Any]]) -> set[int]:
     return inserted
 
 
+@functools.cache
+def _insert_fields() -> list[Field[Any, Any]]:
+    from cdrs.models import Cdr
+
+    return [Cdr._meta.get_field(c) for c in INSERT_COLUMNS]  # type: ignore[misc]
+
+
+def _insert_params(row: dict[str, Any], fields: list[Field[Any, Any]]) -> list[Any]:
+    # The fields' own adapters: datetimes, UUIDs and decimals as each backend stores them.
+    return [f.get_db_prep_save(row[f.name], connection) for f in fields]
+
+
+@functools.cache
+def _typed_values_row() -> str:
+    """PostgreSQL: one VALUES row of INSERT_COLUMNS, typed (VALUES alone would take an
+    all-NULL column for text). Cached: the types cost ~0.1 ms to work out per statement."""
+    types = [f.db_type(connection) for f in _insert_fields()]
+    return "(" + ", ".join(f"%s::{t}" for t in types) + ")"
+
+
 def _insert_cdr_rows(rows: Sequence[dict[str, Any]], *, ids_claimed: bool = False) -> set[int]:
     """``ids_claimed``: the ids are ours in the registry already (Citus, ``cdrs.citus``), so
     no ``_ID_FREE`` check (Citus cannot run its correlated subquery on a temporary table or
     a VALUES list)."""
-    from cdrs.models import Cdr
-
     if not rows:
         return set()
     check_ids = has_registry() and not ids_claimed
@@ -137,13 +158,10 @@ def _insert_cdr_rows(rows: Sequence[dict[str, Any]], *, ids_claimed: bool = Fals
             )
             return {r[0] for r in cur.fetchall()}
     inserted: set[int] = set()
-    # The fields' own adapters: datetimes, UUIDs and decimals as each backend stores them.
-    model_fields = [Cdr._meta.get_field(c) for c in INSERT_COLUMNS]
+    model_fields = _insert_fields()
     if check_ids:
-        # SELECT from VALUES, to skip registered ids as above; typed, as VALUES alone would
-        # take an all-NULL column for text.
-        types = [f.db_type(connection) for f in model_fields]  # type: ignore[union-attr]
-        one = "(" + ", ".join(f"%s::{t}" for t in types) + ")"
+        # SELECT from VALUES, to skip registered ids as above.
+        one = _typed_values_row()
         head = f"INSERT INTO cdrs_cdr ({_COLS}) SELECT * FROM (VALUES "
         tail = f") AS s ({_COLS}) WHERE {_ID_FREE} ON CONFLICT DO NOTHING RETURNING id"
     else:
@@ -155,10 +173,7 @@ def _insert_cdr_rows(rows: Sequence[dict[str, Any]], *, ids_claimed: bool = Fals
             chunk = rows[start : start + _INSERT_CHUNK]
             params: list[Any] = []
             for row in chunk:
-                params.extend(
-                    f.get_db_prep_save(row[f.name], connection)  # type: ignore[union-attr]
-                    for f in model_fields
-                )
+                params.extend(_insert_params(row, model_fields))
             cur.execute(head + ", ".join([one] * len(chunk)) + tail, params)
             inserted.update(r[0] for r in cur.fetchall())
     return inserted
@@ -238,6 +253,78 @@ def _stored_ids(rows: Sequence[dict[str, Any]]) -> tuple[dict[int, bool], dict[A
     return by_id, by_key
 
 
+@functools.cache
+def _one_statement_sql(check_ids: bool) -> str:
+    """PostgreSQL: one CDR, its rollup rows and the counter in one data-modifying WITH.
+
+    Parameters: the row (``_insert_params``), then the rollup slot twice and the counter
+    slot. Returns the id when the CDR was stored; no row (and nothing written) when it was
+    not: a duplicate, or its id taken. Kept under 4 kB: psycopg caches the parsing of
+    shorter statements only (~0.1 ms a request).
+    """
+    where = f"WHERE {_ID_FREE}" if check_ids else ""
+    stats, totals = rollup.upserts_sql("true", table="added")
+    return (
+        f"WITH s ({_COLS}) AS (VALUES {_typed_values_row()}), "
+        f"added AS (INSERT INTO cdrs_cdr ({_COLS}) SELECT * FROM s {where} "
+        "ON CONFLICT DO NOTHING RETURNING *), "
+        f"stats AS ({stats}), totals AS ({totals}), "
+        "counted AS (INSERT INTO cdrs_counter (slot, rows) SELECT %s, count(*) FROM added "
+        "HAVING count(*) > 0 "
+        "ON CONFLICT (slot) DO UPDATE SET rows = cdrs_counter.rows + excluded.rows) "
+        "SELECT id FROM added"
+    )
+
+
+def _store_new_in_one_statement(row: dict[str, Any]) -> bool:
+    """Store one new CDR (with its id) in one round trip; False when it was not stored.
+
+    A webhook event or a one-CDR POST spent eight round trips in ``cdr_ingest`` (BEGIN,
+    SAVEPOINT, INSERT, RELEASE, two rollup upserts, the counter, COMMIT), most of its time:
+    one statement is atomic on its own. When nothing was stored (the CDR is a duplicate, or
+    its id is taken, or a concurrent writer registered that id first) nothing was written,
+    and ``cdr_ingest``'s general path finds out which.
+    """
+    sql = _one_statement_sql(has_registry())
+    params = _insert_params(row, _insert_fields())
+    params += [random.randrange(rollup.SLOTS)] * 2 + [random.randrange(COUNTER_SLOTS)]
+    try:
+        # Inside a caller's transaction a failed statement would end it: a savepoint then.
+        # In autocommit (a request) the statement is its own transaction.
+        with (
+            transaction.atomic() if connection.in_atomic_block else nullcontext(),
+            connection.cursor() as cur,
+        ):
+            cur.execute(sql, params)
+            stored = cur.fetchone() is not None
+    except IntegrityError as exc:
+        cause = getattr(exc.__cause__, "diag", None)
+        if getattr(cause, "constraint_name", None) != f"{REGISTRY}_pkey":
+            raise
+        return False  # another writer registered the id first (see _insert_rows_or_race)
+    if stored:
+        metrics.count_ingested(1)
+    return stored
+
+
+def _ingest_one(row: dict[str, Any]) -> IngestResult | None:
+    """PostgreSQL: one CDR (a webhook event, a one-CDR POST) in the fewest round trips: one
+    for a new CDR with its id, two more for a duplicate. None (nothing written, ``row`` as
+    given) when it takes the general path: a generated id that collided, or a race."""
+    given = row["id"]
+    if given is None:
+        row["id"] = snowflake(row["started_at"], next_low_bits(1)[0])
+    if _store_new_in_one_statement(row):
+        return IngestResult(created=1, ids=[row["id"]])
+    row["id"] = given  # the general path tells a duplicate from a taken id by this
+    by_id, by_key = _stored_ids([row])
+    if row["natural_key"] in by_key:
+        return IngestResult(duplicates=1, ids=[by_key[row["natural_key"]]])
+    if given is not None and given in by_id:
+        return IngestResult(duplicates=1, ids=[given])
+    return None
+
+
 def cdr_ingest(*, rows: list[dict[str, Any]]) -> IngestResult:
     """Store validated CDRs (from ``validate_cdr``), all-or-nothing, skipping duplicates.
 
@@ -246,6 +333,10 @@ def cdr_ingest(*, rows: list[dict[str, Any]]) -> IngestResult:
     the same CDR store exactly one row. ``ids`` are in input order; a duplicate gets the id of
     the stored CDR.
     """
+    if len(rows) == 1 and connection.vendor == "postgresql" and not citus.in_use():
+        single = _ingest_one(rows[0])
+        if single is not None:
+            return single
     result = IngestResult(ids=[0] * len(rows))
     with transaction.atomic():
         pending = list(range(len(rows)))

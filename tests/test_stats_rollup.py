@@ -127,7 +127,8 @@ def test_only_inserted_rows_count_and_rebuild_gives_the_same_table(db):
     create_cdrs(first, cdr_payload(started=START, answered_at=None))
     create_cdrs(first, first)  # re-sent: duplicates are not stored, nor counted
     create_generated(120, seed=3)  # one batch: aggregated in SQL on PostgreSQL
-    for payload in generate_cdrs(30, seed=4):  # one at a time: aggregated in Python
+    # One at a time: added in the CDR's own statement on PostgreSQL, in Python on SQLite.
+    for payload in generate_cdrs(30, seed=4):
         create_cdrs(payload)
     incremental, totals = _table(), _totals()
     assert sum(row[1][0] for row in incremental) == 152
