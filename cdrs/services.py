@@ -447,7 +447,10 @@ def cdr_ingest_for_token(*, rows: Sequence[dict[str, Any]], token: ApiToken) -> 
 
     rows = list(rows)
     plain_keys = [row["natural_key"] for row in rows]
-    with transaction.atomic():
+    # One CDR (a webhook event) needs no transaction of its own: each ingest below writes it
+    # whole or not at all, and the second runs only when the first wrote nothing. That
+    # keeps the one-statement insert (``_ingest_one``): 3 round trips instead of 7.
+    with transaction.atomic() if len(rows) > 1 else nullcontext():
         given = {row["id"] for row in rows if row["id"] is not None}
         own_ids = set(cdrs_for_token(token=token).filter(pk__in=given).values_list("pk", flat=True))
         for row in rows:

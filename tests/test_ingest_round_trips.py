@@ -15,16 +15,21 @@ from cdrs import rollup
 from cdrs.ids import encode_id
 from cdrs.models import Cdr, CdrHourlyTotals
 from cdrs.selectors import cdr_total
-from cdrs.services import cdr_ingest
+from cdrs.services import cdr_ingest, cdr_ingest_for_token
+from cdrs.tokens import mint_token
 from cdrs.validation import validate_cdr
 from tests.factories import cdr_payload
 
 pytestmark = [pytest.mark.postgresql, pytest.mark.django_db(transaction=True)]
 
 
-def _ingest(payload: dict) -> tuple[int, int, list[int], list[str]]:
+def _ingest(payload: dict, token=None) -> tuple[int, int, list[int], list[str]]:
+    rows = [validate_cdr(payload)]
     with CaptureQueriesContext(connection) as queries:
-        result = cdr_ingest(rows=[validate_cdr(payload)])
+        if token is None:
+            result = cdr_ingest(rows=rows)
+        else:
+            result = cdr_ingest_for_token(rows=rows, token=token)
     sql = [q["sql"].split(None, 1)[0].upper() for q in queries.captured_queries]
     return result.created, result.duplicates, result.ids, sql
 
@@ -61,3 +66,27 @@ def test_a_new_cdr_is_one_statement_and_a_resent_one_two_lookups_more():
     after = sorted(CdrHourlyTotals.objects.values_list("hour", "calls", "total_duration"))
     assert sum(c for _, c, _ in before) == sum(c for _, c, _ in after) == 3
     assert sum(d for _, _, d in before) == sum(d for _, _, d in after)
+
+
+def test_a_domain_limited_token_stores_one_cdr_without_a_transaction_of_its_own():
+    """A tenant's webhook token: its id checked, an id drawn, then the one statement."""
+    token = mint_token(username="tenant", scopes=("write",), domains=("acme.test",)).token
+    mine = {"caller_domain": "acme.test", "callee_domain": "acme.test"}
+    cdr_ingest(rows=[validate_cdr(cdr_payload(call_id="warm@x"))])  # per-connection checks
+
+    payload = cdr_payload(id=encode_id(5151), **mine)
+    created, duplicates, ids, sql = _ingest(payload, token)
+    assert (created, duplicates) == (1, 0)
+    assert ids[0] != 5151  # an id it cannot see is not honoured (services: tenant isolation)
+    assert sql == ["SELECT", "SELECT", "WITH"]
+    again = _ingest(payload, token)
+    assert again[:3] == (0, 1, ids)
+
+    # The same call (natural key) stored under another tenant's domains: stored again for
+    # this one under a scoped key, not reported as that tenant's CDR.
+    other = cdr_payload(call_id="shared@x", caller_domain="other.test", callee_domain="x.test")
+    cdr_ingest(rows=[validate_cdr(other)])
+    created, duplicates, ids, _sql = _ingest({**other, **mine}, token)
+    assert (created, duplicates) == (1, 0)
+    assert Cdr.objects.get(pk=ids[0]).caller_domain == "acme.test"
+    assert cdr_total() == Cdr.objects.count() == 4
