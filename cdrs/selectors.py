@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypedDict, cast
 
-from django.db import connections, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import F, Func, IntegerField, OrderBy, Q, QuerySet
 
-from cdrs import routers, timeouts
+from cdrs import citus, routers, timeouts
 from cdrs.expressions import Rfc3339
 from cdrs.fields import TIMESTAMP_FIELD_NAMES, visible_field_names
 from cdrs.ids import snowflake_time
@@ -87,6 +87,30 @@ def domain_q(*, token: ApiToken) -> Q:
 def cdrs_for_token(*, token: ApiToken) -> QuerySet[Cdr]:
     """Every CDR the token may see."""
     return Cdr.objects.filter(domain_q(token=token))
+
+
+def visible_cdr_ids(*, token: ApiToken, ids: set[int]) -> set[int]:
+    """Which of ``ids`` are CDRs the token may see (a write's check, on the primary).
+
+    Partitioned PostgreSQL: through the id registry, which gives each id's started_at, so
+    the CDR is probed in its one partition; ``id IN (...)`` alone planned and probed every
+    partition and compiled the ORM query each time (~0.4 ms of a tenant's webhook event).
+    """
+    if not ids:
+        return set()
+    if not has_registry() or citus.in_use():
+        return set(cdrs_for_token(token=token).filter(pk__in=ids).values_list("pk", flat=True))
+    domains = sorted(token.domains or ())
+    seen = "true"
+    if domains:  # as _domains_q: the lower-cased domain in the token's set
+        seen = "(lower(c.caller_domain) = ANY(%s) OR lower(c.callee_domain) = ANY(%s))"
+    with connections[DEFAULT_DB_ALIAS].cursor() as cur:
+        cur.execute(
+            f"SELECT c.id FROM {REGISTRY} r JOIN cdrs_cdr c "
+            f"ON c.id = r.id AND c.started_at = r.started_at WHERE r.id = ANY(%s) AND {seen}",
+            [sorted(ids), *([domains, domains] if domains else [])],
+        )
+        return {row[0] for row in cur.fetchall()}
 
 
 def _order_by(order: tuple[OrderTerm, ...]) -> list[OrderBy]:

@@ -443,7 +443,7 @@ def cdr_ingest_for_token(*, rows: Sequence[dict[str, Any]], token: ApiToken) -> 
     if outside:
         raise OutsideTokenDomains(outside)
     from cdrs.models import Cdr
-    from cdrs.selectors import cdrs_for_token
+    from cdrs.selectors import visible_cdr_ids
 
     rows = list(rows)
     plain_keys = [row["natural_key"] for row in rows]
@@ -452,7 +452,7 @@ def cdr_ingest_for_token(*, rows: Sequence[dict[str, Any]], token: ApiToken) -> 
     # keeps the one-statement insert (``_ingest_one``): 3 round trips instead of 7.
     with transaction.atomic() if len(rows) > 1 else nullcontext():
         given = {row["id"] for row in rows if row["id"] is not None}
-        own_ids = set(cdrs_for_token(token=token).filter(pk__in=given).values_list("pk", flat=True))
+        own_ids = visible_cdr_ids(token=token, ids=given)
         for row in rows:
             if row["id"] not in own_ids:
                 row["id"] = None
@@ -463,6 +463,8 @@ def cdr_ingest_for_token(*, rows: Sequence[dict[str, Any]], token: ApiToken) -> 
             # A row answered with another CDR's id matched it by natural key (an own id is
             # answered as itself): the same CDR only if the domains match too.
             matched = {i: result.ids[i] for i in pending if result.ids[i] != rows[i]["id"]}
+            if not matched:  # all stored as new (the common case)
+                break
             stored = Cdr.objects.filter(pk__in=set(matched.values())).values_list(
                 "pk", "caller_domain", "callee_domain"
             )
