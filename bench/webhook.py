@@ -1,6 +1,7 @@
 """PortSIP webhook throughput: single-event POSTs to /api/webhooks/portsip, as a PBX sends them.
 
     .venv/bin/python bench/webhook.py [--duration 5] [--connections 8] [--workers 2]
+                                      [--token-domain acme.example.com] [--output PATH]
 
 Re-creates the database of --database-url (default cdrbench_webhook on 127.0.0.1), migrates
 it, mints a write token (manage.py create_token), starts the service exactly as production
@@ -225,6 +226,12 @@ def main() -> None:
     )
     p.add_argument("--port", type=int, default=8931)
     p.add_argument("--output", default=str(RESULTS / "webhook-latest.md"))
+    p.add_argument(
+        "--token-domain",
+        metavar="DOMAIN",
+        help="a tenant's token, limited to DOMAIN (the event's callee_domain is "
+        "acme.example.com); default: a token without domain limit",
+    )
     args = p.parse_args()
 
     url = args.database_url
@@ -232,7 +239,13 @@ def main() -> None:
     log(f"re-creating the database {common.db_name(url)}")
     common.ensure_database(url, recreate=True)
     common.manage(["migrate", "--no-input", "-v", "0"], env)
-    token = common.mint_token(env)
+    if args.token_domain:
+        out = common.manage(
+            ["create_token", "bench", "--scope", "write", "--domain", args.token_domain], env
+        )
+        token = out.strip().splitlines()[-1].strip()
+    else:
+        token = common.mint_token(env)
     meta = {
         "date": common.now_utc(),
         "command": common.command_line(),
@@ -298,7 +311,8 @@ def main() -> None:
         "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
         f"- server: gunicorn -c gunicorn.conf.py cdrservice.wsgi: {meta['gunicorn']}",
         f"- load: wrk -t{args.threads} -c{args.connections}, one `call_cdr` event "
-        f"({len(EVENT.read_bytes()):,} bytes, 2 call_targets) per POST, Bearer token",
+        f"({len(EVENT.read_bytes()):,} bytes, 2 call_targets) per POST, Bearer token"
+        + (f" limited to {args.token_domain}" if args.token_domain else ""),
         "",
         "| phase | seconds | requests | req/s | p50 | p90 | p99 | failed | other processes' CPU "
         "| load avg | CPU ms/request: service / PostgreSQL / wrk | CPU-bound ceiling |",
