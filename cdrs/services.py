@@ -193,10 +193,15 @@ def _insert_rows_or_race(rows: Sequence[dict[str, Any]]) -> set[int]:
         with transaction.atomic():
             return _insert_rows(rows)
     except IntegrityError as exc:
-        cause = getattr(exc.__cause__, "diag", None)
-        if getattr(cause, "constraint_name", None) != f"{REGISTRY}_pkey":
+        if not _lost_registry_race(exc):
             raise
         return set()
+
+
+def _lost_registry_race(exc: IntegrityError) -> bool:
+    """Whether a write failed because a concurrent writer registered one of its ids first."""
+    cause = getattr(exc.__cause__, "diag", None)
+    return getattr(cause, "constraint_name", None) == f"{REGISTRY}_pkey"
 
 
 LOOKUP_TABLE = "cdr_lookup"
@@ -298,10 +303,9 @@ def _store_new_in_one_statement(row: dict[str, Any]) -> bool:
             cur.execute(sql, params)
             stored = cur.fetchone() is not None
     except IntegrityError as exc:
-        cause = getattr(exc.__cause__, "diag", None)
-        if getattr(cause, "constraint_name", None) != f"{REGISTRY}_pkey":
+        if not _lost_registry_race(exc):
             raise
-        return False  # another writer registered the id first (see _insert_rows_or_race)
+        return False  # see _insert_rows_or_race
     if stored:
         metrics.count_ingested(1)
     return stored
