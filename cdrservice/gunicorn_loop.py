@@ -64,11 +64,12 @@ from cdrservice.gunicorn_worker import (
     MAX_REQUEST_HEAD_BYTES,
     REQUEST_READ_TIMEOUT,
     SEND_TIMEOUT,
+    HeadMeter,
+    json_error_bytes,
     json_error_response,
 )
 
 _log = logging.getLogger("gunicorn.error")
-_END_OF_HEAD = b"\r\n\r\n"
 # A streamed response reaches the loop in pieces of about this size (an export yields one
 # line at a time: a hop to the loop per line would cost more than the line).
 STREAM_PIECE_BYTES = 65536
@@ -149,6 +150,13 @@ class _Response:
         return {"type": "http.response.start", "status": self.status, "headers": self.headers}
 
 
+def _close(result: Iterable[bytes]) -> None:
+    """The WSGI response's ``close()`` (PEP 3333), on the thread that produced it."""
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+
+
 def _body_message(body: bytes, more: bool = False) -> dict[str, Any]:
     return {"type": "http.response.body", "body": body, "more_body": more}
 
@@ -215,9 +223,7 @@ class WsgiOnLoop:
         try:
             return b"".join(result)
         finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
+            _close(result)
 
     def _in_thread(
         self,
@@ -254,9 +260,7 @@ class WsgiOnLoop:
                 deliver(response.start_message())
             deliver(_body_message(b"".join(pending)))
         finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()  # ends a cut-off export's transaction in this thread
+            _close(result)  # ends a cut-off export's transaction in this thread
 
     async def _read_body(
         self,
@@ -358,8 +362,7 @@ class LoopProtocol(asgi_protocol.ASGIProtocol):
         super().__init__(_WorkerSeenByConnection(worker, self))
         app: WsgiOnLoop = worker.asgi
         self.app = functools.partial(app, abort=self._abort)
-        self._head_bytes = 0
-        self._head_tail = b""
+        self._head = HeadMeter()
         self._head_timer: asyncio.TimerHandle | None = None
 
     async def _serve_http_request(self, *args: Any) -> bool:
@@ -370,17 +373,11 @@ class LoopProtocol(asgi_protocol.ASGIProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._current_request is None and not self._closed and self._websocket is None:
-            seen = self._head_tail + data
-            end = seen.find(_END_OF_HEAD)
-            if end >= 0:
-                self._head_bytes += end + len(_END_OF_HEAD) - len(self._head_tail)
-            else:
-                self._head_bytes += len(data)
-                self._head_tail = seen[-3:]
-            if self._head_bytes > MAX_REQUEST_HEAD_BYTES:
+            self._head.feed(data)
+            if self._head.over_cap:
                 self._refuse(431, f"request line and headers exceed {MAX_REQUEST_HEAD_BYTES} bytes")
                 return
-            if end >= 0:
+            if self._head.done:
                 self._head_done()
             elif self._head_timer is None:
                 self._head_timer = self.worker.loop.call_later(
@@ -389,8 +386,7 @@ class LoopProtocol(asgi_protocol.ASGIProtocol):
         super().data_received(data)
 
     def _head_done(self) -> None:
-        self._head_bytes = 0
-        self._head_tail = b""
+        self._head.reset()
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -411,13 +407,7 @@ class LoopProtocol(asgi_protocol.ASGIProtocol):
         self, status: int, message: str, extra_headers: Iterable[tuple[str, str]] = ()
     ) -> None:
         reason = asgi_protocol._REASON_PHRASES.get(status, "Error")
-        text = message[:200] if status < 500 else "internal error"
-        headers, body = json_error_response(status, text or reason)
-        lines = [f"HTTP/1.1 {status} {reason}"]
-        lines += [f"{k.decode('latin-1')}: {v.decode('latin-1')}" for k, v in headers]
-        lines += [f"{name}: {value}" for name, value in extra_headers]
-        head = "\r\n".join([*lines, "Connection: close", "", ""])
-        self._safe_write(head.encode("latin-1") + body)
+        self._safe_write(json_error_bytes(status, reason, message, extra_headers))
 
     def _abort(self) -> None:
         if self.transport is not None:

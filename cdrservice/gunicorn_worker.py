@@ -1,6 +1,8 @@
 """gunicorn's gthread worker with bounds on slow clients and contract-shaped protocol errors.
 
-gunicorn.conf.py runs this class by default. Threads keep the service answering while some
+gunicorn.conf.py ran this class by default until ``cdrservice.gunicorn_loop.LoopWorker``
+(which shares its bounds and error bodies from here); ``GUNICORN_WORKER_CLASS`` still
+selects it. Threads keep the service answering while some
 clients are slow (trickling headers, not reading an export): each holds one thread, not a
 whole worker. What stock gthread lacks, added here:
 
@@ -24,6 +26,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -43,6 +46,46 @@ def json_error_response(status: int, message: str) -> tuple[list[tuple[bytes, by
     error = {"code": error_code(status), "message": message, "detail": {}}
     body = orjson.dumps({"errors": [error]})
     return [(b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(body))], body
+
+
+def json_error_bytes(
+    status: int, reason: str, message: str, extra_headers: Iterable[tuple[str, str]] = ()
+) -> bytes:
+    """A whole HTTP/1.1 error response written to the socket by the server itself (the
+    connection then closes); no detail of a server error reaches the client."""
+    text = message[:200] if status < 500 else "internal error"
+    headers, body = json_error_response(status, text or reason)
+    lines = [f"HTTP/1.1 {status} {reason}", "Connection: close"]
+    lines += [f"{k.decode('latin-1')}: {v.decode('latin-1')}" for k, v in headers]
+    lines += [f"{name}: {value}" for name, value in extra_headers]
+    return "\r\n".join([*lines, "", ""]).encode("latin-1") + body
+
+
+class HeadMeter:
+    """Bytes of a request head (request line and headers) as they arrive, however the reads
+    split it; ``done`` once its end, the blank line, has been seen."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.size = 0
+        self.done = False
+        self._tail = b""  # the last bytes seen, to find an end of head split across reads
+
+    def feed(self, data: bytes) -> None:
+        seen = self._tail + data
+        end = seen.find(_END_OF_HEAD)
+        if end >= 0:
+            self.done = True
+            self.size += end + len(_END_OF_HEAD) - len(self._tail)
+        else:
+            self.size += len(data)
+            self._tail = seen[-3:]
+
+    @property
+    def over_cap(self) -> bool:
+        return self.size > MAX_REQUEST_HEAD_BYTES
 
 
 class RequestHeadTimeout(Exception):
@@ -67,9 +110,7 @@ class _ReadDeadlineSocket:
 
     def start_request(self) -> None:
         self.deadline: float | None = None
-        self.head_bytes = 0
-        self.in_head = True
-        self._tail = b""  # the last bytes seen, to find an end of head split across reads
+        self.head = HeadMeter()
 
     def recv(self, size: int) -> bytes:
         now = time.monotonic()
@@ -89,23 +130,16 @@ class _ReadDeadlineSocket:
             raise
         finally:
             self._sock.settimeout(previous)
-        if self.in_head and data:
-            seen = self._tail + data
-            end = seen.find(_END_OF_HEAD)
-            if end >= 0:
-                self.in_head = False
-                self.head_bytes += end + len(_END_OF_HEAD) - len(self._tail)
-            else:
-                self.head_bytes += len(data)
-                self._tail = seen[-3:]
-            if self.head_bytes > MAX_REQUEST_HEAD_BYTES:
+        if not self.head.done and data:
+            self.head.feed(data)
+            if self.head.over_cap:
                 raise LimitRequestHeaders(
                     f"request line and headers exceed {MAX_REQUEST_HEAD_BYTES} bytes"
                 )
         return data
 
     def _expired(self) -> None:
-        if self.in_head:
+        if not self.head.done:
             raise RequestHeadTimeout(f"request not received within {REQUEST_READ_TIMEOUT:g} s")
         raise RequestBodyTimeout(f"request body not received within {REQUEST_READ_TIMEOUT:g} s")
 
@@ -191,16 +225,11 @@ class ThreadWorker(gthread.ThreadWorker):
         except (IndexError, ValueError):
             status = 500
         reason = parts[2] if len(parts) > 2 else "Error"
-        message = str(exc)[:200] if status < 500 else "internal error"
-        self._write_json_error(client, status, reason, message or reason)
+        self._write_json_error(client, status, reason, str(exc))
 
     def _write_json_error(self, client: Any, status: int, reason: str, message: str) -> None:
-        headers, body = json_error_response(status, message)
-        head = f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n" + "".join(
-            f"{k.decode('latin-1')}: {v.decode('latin-1')}\r\n" for k, v in headers
-        )
         try:
             client.settimeout(1.0)  # a client that does not read does not keep this thread
-            client.sendall((head + "\r\n").encode("latin-1") + body)
+            client.sendall(json_error_bytes(status, reason, message))
         except OSError:
             self.log.debug("Failed to send error message.")
