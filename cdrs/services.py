@@ -321,11 +321,19 @@ def _ingest_one(row: dict[str, Any]) -> IngestResult | None:
     if _store_new_in_one_statement(row):
         return IngestResult(created=1, ids=[row["id"]])
     row["id"] = given  # the general path tells a duplicate from a taken id by this
-    by_id, by_key = _stored_ids([row])
+    stored = _stored_copy(row, given is None, *_stored_ids([row]))
+    return None if stored is None else IngestResult(duplicates=1, ids=[stored])
+
+
+def _stored_copy(
+    row: dict[str, Any], generated: bool, by_id: dict[int, bool], by_key: dict[Any, int]
+) -> int | None:
+    """The id of the stored CDR that ``row`` (not inserted) duplicates; None when its
+    generated id merely collided with another CDR's (a new id is drawn then)."""
     if row["natural_key"] in by_key:
-        return IngestResult(duplicates=1, ids=[by_key[row["natural_key"]]])
-    if given is not None and given in by_id:
-        return IngestResult(duplicates=1, ids=[given])
+        return by_key[row["natural_key"]]
+    if not generated and row["id"] in by_id:
+        return int(row["id"])
     return None
 
 
@@ -376,16 +384,12 @@ def cdr_ingest(*, rows: list[dict[str, Any]]) -> IngestResult:
             by_id, by_key = _stored_ids([rows[i] for i in not_created])
             retry: list[int] = []
             for i in not_created:
-                row = rows[i]
-                if row["natural_key"] in by_key:
-                    result.duplicates += 1
-                    result.ids[i] = by_key[row["natural_key"]]
-                elif i not in generated and row["id"] in by_id:
-                    result.duplicates += 1
-                    result.ids[i] = row["id"]
+                stored = _stored_copy(rows[i], i in generated, by_id, by_key)
+                if stored is None:
+                    retry.append(i)  # a generated id collided: draw a new one
                 else:
-                    # A generated id collided with another CDR's id: draw a new one.
-                    retry.append(i)
+                    result.duplicates += 1
+                    result.ids[i] = stored
             if not retry:
                 break
             low_bits = next_low_bits(len(retry))
