@@ -149,6 +149,13 @@ def test_own_ids_are_recognised_as_before(tenant):
     assert again == {"created": 0, "duplicates": 1, "ids": first["ids"]}
 
 
+def test_an_own_id_is_recognised_whatever_the_case_of_its_domains(tenant):
+    # The id check (selectors.visible_cdr_ids) applies the read side's domain rule.
+    first = post(tenant, cdr_payload(caller_domain=FOREIGN, callee_domain=OWN.upper()))[1]
+    again = post(tenant, own(id=first["ids"][0]))[1]  # same id, other content
+    assert again == {"created": 0, "duplicates": 1, "ids": first["ids"]}
+
+
 def test_a_foreign_natural_key_is_answered_as_a_new_call_is(tenant, stored_foreign):
     """Re-posting a foreign CDR's (call_id, started_at, caller, callee) with its own domains
     stores the token's CDR, exactly as when no such foreign CDR exists."""
