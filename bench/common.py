@@ -232,13 +232,33 @@ def rss_kb(pid: int) -> int | None:
     return None
 
 
-def cpu_ticks(pid: int) -> int:
+def cpu_ticks(pid: int, *, reaped_children: bool = False) -> int:
+    """User + system CPU ticks of ``pid``; with ``reaped_children`` also those of its
+    children that have exited and been waited for (a gunicorn master's recycled workers, the
+    postmaster's ended backends), so a sum over a phase stays whole across restarts."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
+        ticks = int(fields[11]) + int(fields[12])
+        if reaped_children:
+            ticks += int(fields[13]) + int(fields[14])
+        return ticks
     except (OSError, IndexError, ValueError):
         return 0
+
+
+def parent_pid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def postmaster_pid(conn: psycopg.Connection) -> int | None:
+    """The PostgreSQL server's main process (the parent of every backend)."""
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    return parent_pid(row[0]) if row else None
 
 
 class RssSampler(threading.Thread):
@@ -420,7 +440,13 @@ class CpuMeter:
 
     def snapshot(self) -> tuple[float, int, dict[int, int], float]:
         pids = self._our_pids()
-        ticks = {p: cpu_ticks(p) for p in pids}
+        # The gunicorn masters and the postmaster with their exited children: a worker
+        # recycled or a backend ended during a phase stays counted as ours.
+        parents = {s.pid for s in self.servers}
+        if (postmaster := postmaster_pid(self._conn)) is not None:
+            parents.add(postmaster)
+            pids.append(postmaster)
+        ticks = {p: cpu_ticks(p, reaped_children=p in parents) for p in pids}
         ch = os.times()
         return time.monotonic(), _busy_jiffies(), ticks, ch.children_user + ch.children_system
 
@@ -428,7 +454,11 @@ class CpuMeter:
         t0, busy0, ticks0, ch0 = a
         t1, busy1, ticks1, ch1 = b
         hz = os.sysconf("SC_CLK_TCK")
-        ours = sum(max(0, ticks1.get(p, 0) - v) for p, v in ticks0.items() if p in ticks1)
+        # Totals, not per process: a worker booted by a recycle (or its new backend) spent
+        # all its ticks in the window, and one that exited moved its ticks into its
+        # parent's, which both snapshots count. (Backends of other databases that end in the
+        # window count as ours too: the postmaster cannot tell them apart.)
+        ours = max(0, sum(ticks1.values()) - sum(ticks0.values()))
         ours += int((ch1 - ch0) * hz)
         foreign = max(0, (busy1 - busy0) - ours)
         elapsed = max(t1 - t0, 1e-6)

@@ -160,10 +160,18 @@ def cpu_seconds(server: Server, database_url: str) -> dict[str, float]:
                 (common.db_name(database_url),),
             ).fetchall()
         ]
+        postmaster = common.postmaster_pid(c)
     children = os.times()
+    # The gunicorn master and the postmaster count their exited children: a phase in which
+    # workers recycle (max_requests) keeps the CPU of the workers and backends that ended.
+    service = common.cpu_ticks(server.pid, reaped_children=True)
+    service += sum(common.cpu_ticks(p) for p in server.workers())
+    database = sum(common.cpu_ticks(p) for p in pg_pids)
+    if postmaster is not None:
+        database += common.cpu_ticks(postmaster, reaped_children=True)
     return {
-        "service": sum(common.cpu_ticks(p) for p in [server.pid, *server.workers()]) / hz,
-        "database": sum(common.cpu_ticks(p) for p in pg_pids) / hz,
+        "service": service / hz,
+        "database": database / hz,
         "wrk": children.children_user + children.children_system,
     }
 

@@ -61,6 +61,7 @@ from gunicorn.asgi import protocol as asgi_protocol
 from gunicorn.workers import gasgi
 
 from cdrservice.gunicorn_worker import (
+    KEEPALIVE_MAX_REQUESTS,
     MAX_REQUEST_HEAD_BYTES,
     REQUEST_READ_TIMEOUT,
     SEND_TIMEOUT,
@@ -354,8 +355,9 @@ class _WorkerSeenByConnection:
 
 class LoopProtocol(asgi_protocol.ASGIProtocol):
     """gunicorn's HTTP/1 protocol with the head's deadline and byte cap, JSON errors, a
-    way for the app to drop a connection whose client stopped reading, and keep-alive
-    promises kept while the worker stops (``_WorkerSeenByConnection``)."""
+    way for the app to drop a connection whose client stopped reading, keep-alive
+    promises kept while the worker stops (``_WorkerSeenByConnection``), and at most
+    ``KEEPALIVE_MAX_REQUESTS`` requests a connection."""
 
     def __init__(self, worker: Any) -> None:
         self.promised_keepalive = False
@@ -370,6 +372,14 @@ class LoopProtocol(asgi_protocol.ASGIProtocol):
         keepalive = bool(await super()._serve_http_request(*args))
         self.promised_keepalive = keepalive
         return keepalive
+
+    def _will_close(self, request: Any, response_requires_close: bool) -> bool:
+        # gunicorn's one place for "this response closes the connection": it announces
+        # Connection: close and ends the connection loop. req_count numbers this request
+        # on its connection. See KEEPALIVE_MAX_REQUESTS for why connections are capped.
+        if KEEPALIVE_MAX_REQUESTS and self.req_count >= KEEPALIVE_MAX_REQUESTS:
+            return True
+        return bool(super()._will_close(request, response_requires_close))
 
     def data_received(self, data: bytes) -> None:
         if self._current_request is None and not self._closed and self._websocket is None:

@@ -516,6 +516,55 @@ def test_keep_alive_clients_lose_no_request_while_workers_recycle(tmp_path, work
     assert outcomes == ["200"] * 240, sorted(set(outcomes))
 
 
+@pytest.mark.parametrize(
+    "worker_class",
+    ["cdrservice.gunicorn_loop.LoopWorker", "cdrservice.gunicorn_worker.ThreadWorker"],
+)
+def test_a_keep_alive_connection_is_closed_after_its_request_cap(tmp_path, worker_class):
+    """A client that never closes its connection is asked to reconnect every
+    GUNICORN_KEEPALIVE_MAX_REQUESTS requests (``Connection: close`` on the last one), so
+    long-lived clients spread over the workers again after a recycle instead of all staying
+    on the worker that booted first."""
+    env = production_env(
+        tmp_path,
+        GUNICORN_WORKER_CLASS=worker_class,
+        GUNICORN_KEEPALIVE_MAX_REQUESTS="3",
+        LOG_LEVEL="WARNING",
+    )
+    with gunicorn(env, tmp_path) as base:
+        host, port = urlsplit(base).hostname, urlsplit(base).port
+        assert port is not None
+        request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+
+        def answers(count: int) -> tuple[list[str], bytes]:
+            """The Connection headers of ``count`` requests sent one after the other on one
+            socket, and what the socket gives after the last (b"" once the server closed)."""
+            with socket.create_connection((host, port), timeout=10) as sock:
+                announced = []
+                for _ in range(count):
+                    sock.sendall(request)
+                    response = http.client.HTTPResponse(sock)
+                    response.begin()
+                    response.read()
+                    assert response.status == 200
+                    announced.append((response.getheader("Connection") or "").lower())
+                sock.settimeout(1)
+                try:
+                    after = sock.recv(1)
+                except TimeoutError:
+                    after = b"(still open)"
+                return announced, after
+
+        announced, after = answers(3)
+        assert "close" not in announced[:2]
+        assert announced[2] == "close"
+        assert after == b""  # the server closed its end after announcing it
+        # Below the cap the connection stays open, and a new connection counts from 1.
+        announced, after = answers(2)
+        assert "close" not in announced
+        assert after == b"(still open)"
+
+
 # --- API schema and docs -----------------------------------------------------------------
 
 
