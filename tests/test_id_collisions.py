@@ -12,7 +12,7 @@ from cdrs import jsonenc
 from cdrs.ids import encode_id, snowflake
 from cdrs.models import Cdr
 from cdrs.selectors import cdr_total
-from cdrs.services import ID_SEQUENCE
+from cdrs.services import ID_SEQUENCE, discard_low_bits_pool
 from cdrs.validation import validate_cdr
 from tests.factories import cdr_payload, create_cdrs
 
@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.postgresql, pytest.mark.django_db]
 
 def _occupy_next_generated_id(started_at: str, ahead: int = 1) -> list[int]:
     """Store CDRs (with explicit ids) where the next ``ahead`` generated ids will land."""
+    discard_low_bits_pool()  # the next id comes from the sequence, not from a drawn block
     with connection.cursor() as cur:
         cur.execute(f"SELECT nextval('{ID_SEQUENCE}')")
         current = cur.fetchone()[0]

@@ -15,7 +15,7 @@ from cdrs import rollup
 from cdrs.ids import encode_id
 from cdrs.models import Cdr, CdrHourlyTotals
 from cdrs.selectors import cdr_total
-from cdrs.services import cdr_ingest, cdr_ingest_for_token
+from cdrs.services import cdr_ingest, cdr_ingest_for_token, discard_low_bits_pool
 from cdrs.tokens import mint_token
 from cdrs.validation import validate_cdr
 from tests.factories import cdr_payload
@@ -54,26 +54,36 @@ def test_a_new_cdr_is_one_statement_and_a_resent_one_two_lookups_more():
     assert cdr_total() == 2 == Cdr.objects.count()  # the counter did not move
     assert _rollup_calls() == 2  # nor did the statistics
 
-    # Without an id: one more round trip draws the id's low bits.
+    # Without an id: the id's low bits come from a block the process draws from the
+    # sequence in one round trip, LOW_BITS_BLOCK values at a time; until it is used up, a
+    # CDR without an id is one statement too.
+    discard_low_bits_pool()
     created, duplicates, ids, sql = _ingest(cdr_payload(call_id="two@x"))
     assert (created, duplicates) == (1, 0)
     assert sql == ["SELECT", "WITH"]
     assert Cdr.objects.get(pk=ids[0]).call_id == "two@x"
+    created, duplicates, more, sql = _ingest(cdr_payload(call_id="three@x"))
+    assert (created, duplicates) == (1, 0)
+    assert sql == ["WITH"]
+    assert more != ids
+    assert Cdr.objects.get(pk=more[0]).call_id == "three@x"
 
     # What one statement added to the statistics is what a rebuild from the CDRs gives.
     before = sorted(CdrHourlyTotals.objects.values_list("hour", "calls", "total_duration"))
     rollup.rebuild()
     after = sorted(CdrHourlyTotals.objects.values_list("hour", "calls", "total_duration"))
-    assert sum(c for _, c, _ in before) == sum(c for _, c, _ in after) == 3
+    assert sum(c for _, c, _ in before) == sum(c for _, c, _ in after) == 4
     assert sum(d for _, _, d in before) == sum(d for _, _, d in after)
 
 
 def test_a_domain_limited_token_stores_one_cdr_without_a_transaction_of_its_own():
-    """A tenant's webhook token: its id checked, an id drawn, then the one statement."""
+    """A tenant's webhook token: its id checked, an id drawn (a block of them at a time),
+    then the one statement."""
     token = mint_token(username="tenant", scopes=("write",), domains=("acme.test",)).token
     mine = {"caller_domain": "acme.test", "callee_domain": "acme.test"}
     cdr_ingest(rows=[validate_cdr(cdr_payload(call_id="warm@x"))])  # per-connection checks
 
+    discard_low_bits_pool()
     payload = cdr_payload(id=encode_id(5151), **mine)
     created, duplicates, ids, sql = _ingest(payload, token)
     assert (created, duplicates) == (1, 0)
@@ -81,6 +91,10 @@ def test_a_domain_limited_token_stores_one_cdr_without_a_transaction_of_its_own(
     assert sql == ["SELECT", "SELECT", "WITH"]
     again = _ingest(payload, token)
     assert again[:3] == (0, 1, ids)
+    # The next event's id comes from the block drawn above: its own-id check and the insert.
+    created, duplicates, _ids, sql = _ingest(cdr_payload(id=encode_id(5252), **mine), token)
+    assert (created, duplicates) == (1, 0)
+    assert sql == ["SELECT", "WITH"]
 
     # The same call (natural key) stored under another tenant's domains: stored again for
     # this one under a scoped key, not reported as that tenant's CDR.
@@ -89,4 +103,4 @@ def test_a_domain_limited_token_stores_one_cdr_without_a_transaction_of_its_own(
     created, duplicates, ids, _sql = _ingest({**other, **mine}, token)
     assert (created, duplicates) == (1, 0)
     assert Cdr.objects.get(pk=ids[0]).caller_domain == "acme.test"
-    assert cdr_total() == Cdr.objects.count() == 4
+    assert cdr_total() == Cdr.objects.count() == 5
