@@ -104,11 +104,16 @@ def visible_cdr_ids(*, token: ApiToken, ids: set[int]) -> set[int]:
     seen = "true"
     if domains:  # as _domains_q: the lower-cased domain in the token's set
         seen = "(lower(c.caller_domain) = ANY(%s) OR lower(c.callee_domain) = ANY(%s))"
+    # One id (a webhook event) as ``= %s``: PostgreSQL then plans the prepared statement
+    # once, generically. With ``= ANY(%s)`` it re-planned it for every call (a custom plan
+    # looks cheaper for an array of unknown length), 0.5-0.6 ms over 6 partitions, 20 times
+    # the execution, and more with every month.
+    match, id_param = ("= %s", next(iter(ids))) if len(ids) == 1 else ("= ANY(%s)", sorted(ids))
     with connections[DEFAULT_DB_ALIAS].cursor() as cur:
         cur.execute(
             f"SELECT c.id FROM {REGISTRY} r JOIN cdrs_cdr c "
-            f"ON c.id = r.id AND c.started_at = r.started_at WHERE r.id = ANY(%s) AND {seen}",
-            [sorted(ids), *([domains, domains] if domains else [])],
+            f"ON c.id = r.id AND c.started_at = r.started_at WHERE r.id {match} AND {seen}",
+            [id_param, *([domains, domains] if domains else [])],
         )
         return {row[0] for row in cur.fetchall()}
 

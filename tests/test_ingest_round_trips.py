@@ -104,3 +104,24 @@ def test_a_domain_limited_token_stores_one_cdr_without_a_transaction_of_its_own(
     assert (created, duplicates) == (1, 0)
     assert Cdr.objects.get(pk=ids[0]).caller_domain == "acme.test"
     assert cdr_total() == Cdr.objects.count() == 5
+
+
+def test_a_tenants_own_id_check_is_planned_once_not_per_event():
+    """The check of a tenant's event id runs as a prepared statement that PostgreSQL plans
+    once, generically. Asked with ``id = ANY(array)`` it was re-planned for every event
+    (a custom plan looks cheaper for an array of unknown length): 0.5-0.6 ms of planning
+    over six partitions per event, more with every month."""
+    token = mint_token(username="tenant", scopes=("write",), domains=("acme.test",)).token
+    mine = {"caller_domain": "acme.test", "callee_domain": "acme.test"}
+    for n in range(12):
+        _ingest(cdr_payload(id=encode_id(7000 + n), call_id=f"plan-{n}@x", **mine), token)
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE %s",
+            ["SELECT c.id FROM cdrs_cdr_id r JOIN cdrs_cdr c%"],
+        )
+        plans = cur.fetchall()
+    assert len(plans) == 1, plans  # prepared (psycopg prepares a statement run 5 times)
+    generic, custom = plans[0]
+    assert generic > 0 and custom <= 5, plans[0]
