@@ -242,6 +242,16 @@ def _lost_registry_race(exc: IntegrityError) -> bool:
 LOOKUP_TABLE = "cdr_lookup"
 
 
+# Partitioned PostgreSQL, one CDR: is its id stored (the registry), and which CDR holds its
+# natural key (its started_at is the partition key, so one partition is probed). Plain SQL:
+# the ORM's version cost ~0.5 ms of CPU a re-sent event to compile.
+_ONE_CDR_LOOKUP_SQL = (
+    f"SELECT id, NULL::uuid FROM {REGISTRY} WHERE id = %s "
+    "UNION ALL SELECT id, natural_key FROM cdrs_cdr "
+    "WHERE natural_key = %s::uuid AND started_at = %s"
+)
+
+
 def _stored_ids(rows: Sequence[dict[str, Any]]) -> tuple[dict[int, bool], dict[Any, int]]:
     """Which given ids exist, and the stored id of each natural key that exists."""
     from cdrs.models import Cdr
@@ -275,6 +285,14 @@ def _stored_ids(rows: Sequence[dict[str, Any]]) -> tuple[dict[int, bool], dict[A
                 "JOIN cdrs_cdr c ON c.natural_key = k.natural_key "
                 "AND c.started_at = k.started_at"
             )
+            found = cur.fetchall()
+        by_id = {pk: True for pk, key in found if key is None}
+        return by_id, {key.hex: pk for pk, key in found if key is not None}
+    if len(rows) == 1 and connection.vendor == "postgresql" and has_registry():
+        # One CDR (a re-sent webhook event or POST): both lookups in one statement.
+        (row,) = rows
+        with connection.cursor() as cur:
+            cur.execute(_ONE_CDR_LOOKUP_SQL, [row["id"], row["natural_key"], row["started_at"]])
             found = cur.fetchall()
         by_id = {pk: True for pk, key in found if key is None}
         return by_id, {key.hex: pk for pk, key in found if key is not None}
@@ -485,8 +503,7 @@ def cdr_ingest_for_token(*, rows: Sequence[dict[str, Any]], token: ApiToken) -> 
     outside = [i for i, row in enumerate(rows) if not domains.intersection(_lower_domains(row))]
     if outside:
         raise OutsideTokenDomains(outside)
-    from cdrs.models import Cdr
-    from cdrs.selectors import visible_cdr_ids
+    from cdrs.selectors import stored_domains, visible_cdr_ids
 
     rows = list(rows)
     plain_keys = [row["natural_key"] for row in rows]
@@ -508,10 +525,7 @@ def cdr_ingest_for_token(*, rows: Sequence[dict[str, Any]], token: ApiToken) -> 
             matched = {i: result.ids[i] for i in pending if result.ids[i] != rows[i]["id"]}
             if not matched:  # all stored as new (the common case)
                 break
-            stored = Cdr.objects.filter(pk__in=set(matched.values())).values_list(
-                "pk", "caller_domain", "callee_domain"
-            )
-            domains_by_id = {pk: (a.lower(), b.lower()) for pk, a, b in stored}
+            domains_by_id = stored_domains(set(matched.values()))
             other = [i for i, pk in matched.items() if domains_by_id[pk] != _lower_domains(rows[i])]
             if not other:
                 break
