@@ -74,6 +74,14 @@ _log = logging.getLogger("gunicorn.error")
 # A streamed response reaches the loop in pieces of about this size (an export yields one
 # line at a time: a hop to the loop per line would cost more than the line).
 STREAM_PIECE_BYTES = 65536
+# After answering a request whose body it did not read to the end (a 413 for a body over the
+# limit, a 408), the worker half-closes the connection and reads on, discarding, for up to
+# this long and this much, before it closes. Closing with unread input makes the kernel
+# reset the connection, and a client still sending its body then gets the reset (a broken
+# pipe, seen in tests/test_http_edges.py under load) instead of the JSON error (nginx's
+# lingering_close does the same).
+LINGER_SECONDS = 2.0
+LINGER_MAX_BYTES = 4 * 1024 * 1024
 # Paths whose requests run in the thread pool (may take long); everything else under /api/
 # runs inline. The list's full-text search can read many rows before its page is full.
 _THREAD_PATHS = ("/api/cdrs/export", "/api/cdrs/stats", "/api/schema", "/api/docs")
@@ -357,10 +365,15 @@ class LoopProtocol(asgi_protocol.ASGIProtocol):
     """gunicorn's HTTP/1 protocol with the head's deadline and byte cap, JSON errors, a
     way for the app to drop a connection whose client stopped reading, keep-alive
     promises kept while the worker stops (``_WorkerSeenByConnection``), and at most
-    ``KEEPALIVE_MAX_REQUESTS`` requests a connection."""
+    ``KEEPALIVE_MAX_REQUESTS`` requests a connection, and a lingering close after a body
+    left unread (``LINGER_SECONDS``)."""
+
+    _closed: bool  # gunicorn's: the transport is closed (or closing) for good
 
     def __init__(self, worker: Any) -> None:
         self.promised_keepalive = False
+        self._lingered: int | None = None  # bytes discarded while lingering; None: not
+        self._linger_timer: asyncio.TimerHandle | None = None
         super().__init__(_WorkerSeenByConnection(worker, self))
         app: WsgiOnLoop = worker.asgi
         self.app = functools.partial(app, abort=self._abort)
@@ -381,7 +394,44 @@ class LoopProtocol(asgi_protocol.ASGIProtocol):
             return True
         return bool(super()._will_close(request, response_requires_close))
 
+    def _close_transport(self) -> None:
+        # A request body left unread: linger (LINGER_SECONDS) instead of closing at once.
+        receiver = self._body_receiver
+        transport = self.transport
+        if (
+            self._lingered is None
+            and not self._closed
+            and receiver is not None
+            and not receiver._complete
+            and transport is not None
+            and not transport.is_closing()
+            and transport.can_write_eof()
+        ):
+            self._lingered = 0
+            try:
+                transport.write_eof()  # the answer is sent; the client sees our end close
+                self._resume_reading()
+            except (OSError, RuntimeError):
+                super()._close_transport()
+                return
+            self._linger_timer = self.worker.loop.call_later(LINGER_SECONDS, self._end_linger)
+            return
+        super()._close_transport()
+
+    def _end_linger(self) -> None:
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        if self.transport is not None and not self._closed:
+            self.transport.close()  # our end was shut for writing when the lingering began
+            self._closed = True
+
     def data_received(self, data: bytes) -> None:
+        if self._lingered is not None:  # discarding the rest of an unread body
+            self._lingered += len(data)
+            if self._lingered > LINGER_MAX_BYTES:
+                self._end_linger()
+            return
         if self._current_request is None and not self._closed and self._websocket is None:
             self._head.feed(data)
             if self._head.over_cap:
@@ -425,6 +475,9 @@ class LoopProtocol(asgi_protocol.ASGIProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_done()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         super().connection_lost(exc)
 
 
