@@ -362,11 +362,12 @@ class _WorkerSeenByConnection:
 
 
 class LoopProtocol(asgi_protocol.ASGIProtocol):
-    """gunicorn's HTTP/1 protocol with the head's deadline and byte cap, JSON errors, a
-    way for the app to drop a connection whose client stopped reading, keep-alive
-    promises kept while the worker stops (``_WorkerSeenByConnection``), and at most
-    ``KEEPALIVE_MAX_REQUESTS`` requests a connection, and a lingering close after a body
-    left unread (``LINGER_SECONDS``)."""
+    """gunicorn's HTTP/1 protocol, with:
+    - the head's deadline and byte cap, and JSON errors;
+    - a way for the app to drop a connection whose client stopped reading;
+    - keep-alive promises kept while the worker stops (``_WorkerSeenByConnection``);
+    - at most ``KEEPALIVE_MAX_REQUESTS`` requests a connection;
+    - a lingering close after a request body left unread (``LINGER_SECONDS``)."""
 
     _closed: bool  # gunicorn's: the transport is closed (or closing) for good
 
