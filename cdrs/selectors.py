@@ -89,58 +89,64 @@ def cdrs_for_token(*, token: ApiToken) -> QuerySet[Cdr]:
     return Cdr.objects.filter(domain_q(token=token))
 
 
-def _id_match(ids: set[int]) -> tuple[str, Any]:
-    """``id`` matching ``ids`` in SQL, with its parameter: ``= %s`` for one id."""
-    return ("= %s", next(iter(ids))) if len(ids) == 1 else ("= ANY(%s)", sorted(ids))
+def _through_registry() -> bool:
+    """Whether a write's check of stored CDRs by id goes through the id registry
+    (partitioned PostgreSQL): it gives each id's started_at, so a CDR is probed in its one
+    partition; ``id IN (...)`` alone plans and probes every partition."""
+    return has_registry() and not citus.in_use()
+
+
+def _registry_rows(
+    ids: set[int], columns: str, where: str = "true", params: Sequence[Any] = ()
+) -> list[tuple[Any, ...]]:
+    """``columns`` of the stored CDRs (``c``) of ``ids``, found through the id registry, on
+    the primary; ``where`` (with ``params``) narrows them.
+
+    One id (a webhook event) is matched with ``= %s``: PostgreSQL then plans the prepared
+    statement once, generically. With ``= ANY(%s)`` it re-planned it for every call (a
+    custom plan looks cheaper for an array of unknown length), 0.5-0.6 ms over 6 partitions,
+    20 times the execution, and more with every month.
+    """
+    match, id_param = ("= %s", next(iter(ids))) if len(ids) == 1 else ("= ANY(%s)", sorted(ids))
+    with connections[DEFAULT_DB_ALIAS].cursor() as cur:
+        cur.execute(
+            f"SELECT {columns} FROM {REGISTRY} r JOIN cdrs_cdr c "
+            f"ON c.id = r.id AND c.started_at = r.started_at WHERE r.id {match} AND {where}",
+            [id_param, *params],
+        )
+        return cur.fetchall()
 
 
 def visible_cdr_ids(*, token: ApiToken, ids: set[int]) -> set[int]:
     """Which of ``ids`` are CDRs the token may see (a write's check, on the primary).
 
-    Partitioned PostgreSQL: through the id registry, which gives each id's started_at, so
-    the CDR is probed in its one partition; ``id IN (...)`` alone planned and probed every
-    partition and compiled the ORM query each time (~0.4 ms of a tenant's webhook event).
+    Partitioned PostgreSQL: through the id registry (``_registry_rows``); the ORM's
+    ``id IN (...)`` planned and probed every partition and was compiled each time (~0.4 ms
+    of a tenant's webhook event).
     """
     if not ids:
         return set()
-    if not has_registry() or citus.in_use():
+    if not _through_registry():
         return set(cdrs_for_token(token=token).filter(pk__in=ids).values_list("pk", flat=True))
     domains = sorted(token.domains or ())
-    seen = "true"
-    if domains:  # as _domains_q: the lower-cased domain in the token's set
-        seen = "(lower(c.caller_domain) = ANY(%s) OR lower(c.callee_domain) = ANY(%s))"
-    # One id (a webhook event) as ``= %s``: PostgreSQL then plans the prepared statement
-    # once, generically. With ``= ANY(%s)`` it re-planned it for every call (a custom plan
-    # looks cheaper for an array of unknown length), 0.5-0.6 ms over 6 partitions, 20 times
-    # the execution, and more with every month.
-    match, id_param = _id_match(ids)
-    with connections[DEFAULT_DB_ALIAS].cursor() as cur:
-        cur.execute(
-            f"SELECT c.id FROM {REGISTRY} r JOIN cdrs_cdr c "
-            f"ON c.id = r.id AND c.started_at = r.started_at WHERE r.id {match} AND {seen}",
-            [id_param, *([domains, domains] if domains else [])],
-        )
-        return {row[0] for row in cur.fetchall()}
+    if not domains:
+        return {pk for (pk,) in _registry_rows(ids, "c.id")}
+    # As _domains_q: the lower-cased domain in the token's set.
+    seen = "(lower(c.caller_domain) = ANY(%s) OR lower(c.callee_domain) = ANY(%s))"
+    return {pk for (pk,) in _registry_rows(ids, "c.id", seen, [domains, domains])}
 
 
 def stored_domains(ids: set[int]) -> dict[int, tuple[str, str]]:
     """The (caller_domain, callee_domain) of each stored CDR of ``ids``, lower-cased as the
-    ingest lower-cases a new row's (a write's check, on the primary): through the id
-    registry where there is one, so each CDR is read in its one partition; ``id IN (...)``
-    alone probes every partition."""
+    ingest lower-cases a new row's (a write's check, on the primary)."""
     if not ids:
         return {}
-    if not has_registry() or citus.in_use():
-        stored = Cdr.objects.filter(pk__in=ids).values_list("pk", "caller_domain", "callee_domain")
+    if _through_registry():
+        stored = _registry_rows(ids, "c.id, c.caller_domain, c.callee_domain")
     else:
-        match, param = _id_match(ids)  # planned once for one id (see visible_cdr_ids)
-        with connections[DEFAULT_DB_ALIAS].cursor() as cur:
-            cur.execute(
-                f"SELECT c.id, c.caller_domain, c.callee_domain FROM {REGISTRY} r JOIN "
-                f"cdrs_cdr c ON c.id = r.id AND c.started_at = r.started_at WHERE r.id {match}",
-                [param],
-            )
-            stored = cur.fetchall()
+        stored = list(
+            Cdr.objects.filter(pk__in=ids).values_list("pk", "caller_domain", "callee_domain")
+        )
     return {pk: (a.lower(), b.lower()) for pk, a, b in stored}
 
 

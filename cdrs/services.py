@@ -252,6 +252,13 @@ _ONE_CDR_LOOKUP_SQL = (
 )
 
 
+def _ids_and_keys(found: list[tuple[Any, Any]]) -> tuple[dict[int, bool], dict[Any, int]]:
+    """``_stored_ids``' answer from (id, NULL) rows for stored ids and (id, natural key)
+    rows for stored natural keys."""
+    by_id = {pk: True for pk, key in found if key is None}
+    return by_id, {key.hex: pk for pk, key in found if key is not None}
+
+
 def _stored_ids(rows: Sequence[dict[str, Any]]) -> tuple[dict[int, bool], dict[Any, int]]:
     """Which given ids exist, and the stored id of each natural key that exists."""
     from cdrs.models import Cdr
@@ -285,17 +292,13 @@ def _stored_ids(rows: Sequence[dict[str, Any]]) -> tuple[dict[int, bool], dict[A
                 "JOIN cdrs_cdr c ON c.natural_key = k.natural_key "
                 "AND c.started_at = k.started_at"
             )
-            found = cur.fetchall()
-        by_id = {pk: True for pk, key in found if key is None}
-        return by_id, {key.hex: pk for pk, key in found if key is not None}
+            return _ids_and_keys(cur.fetchall())
     if len(rows) == 1 and connection.vendor == "postgresql" and has_registry():
         # One CDR (a re-sent webhook event or POST): both lookups in one statement.
         (row,) = rows
         with connection.cursor() as cur:
             cur.execute(_ONE_CDR_LOOKUP_SQL, [row["id"], row["natural_key"], row["started_at"]])
-            found = cur.fetchall()
-        by_id = {pk: True for pk, key in found if key is None}
-        return by_id, {key.hex: pk for pk, key in found if key is not None}
+            return _ids_and_keys(cur.fetchall())
     ids = [r["id"] for r in rows]
     keys = [r["natural_key"] for r in rows]
     if has_registry():
