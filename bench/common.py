@@ -232,27 +232,31 @@ def rss_kb(pid: int) -> int | None:
     return None
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat's fields after the command name (state first); [] when gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def cpu_ticks(pid: int, *, reaped_children: bool = False) -> int:
     """User + system CPU ticks of ``pid``; with ``reaped_children`` also those of its
     children that have exited and been waited for (a gunicorn master's recycled workers, the
     postmaster's ended backends), so a sum over a phase stays whole across restarts."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        ticks = int(fields[11]) + int(fields[12])
-        if reaped_children:
-            ticks += int(fields[13]) + int(fields[14])
-        return ticks
-    except (OSError, IndexError, ValueError):
+    fields = _stat(pid)
+    if len(fields) < 15:
         return 0
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks
 
 
 def parent_pid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
+    fields = _stat(pid)
+    return int(fields[1]) if len(fields) > 1 else None
 
 
 def postmaster_pid(conn: psycopg.Connection) -> int | None:
