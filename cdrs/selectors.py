@@ -5,6 +5,7 @@ The only module that builds CDR querysets for the API and the export.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ from typing import Any, TypedDict, cast
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import F, Func, IntegerField, OrderBy, Q, QuerySet
+from django.db.models.expressions import RawSQL
 
 from cdrs import citus, routers, timeouts
 from cdrs.expressions import Rfc3339
@@ -24,6 +26,7 @@ from cdrs.query import compiled
 from cdrs.query.cursor import encode_cursor, keyset_q
 from cdrs.query.options import ListOptions
 from cdrs.query.orderby import OrderTerm
+from cdrs.rollup import TOTALS_TABLE
 
 
 class CdrRow(TypedDict, total=False):
@@ -216,15 +219,113 @@ def cdr_page_queryset(*, token: ApiToken, options: ListOptions) -> QuerySet[Cdr,
 
 
 def _page_rows(token: ApiToken, options: ListOptions) -> list[Any]:
-    """The rows of ``cdr_page_queryset``."""
+    """The rows of ``cdr_page_queryset`` (on partitioned PostgreSQL, recent months first:
+    see ``_probe_bound``)."""
     kind = ("page", LIST_FIELDS, tuple(map(str, options.order)), options.top, options.skip)
-    return compiled.fetch_shaped(
-        kind,
-        lambda domains, where, after: _page_queryset(domains, where, options, after),
-        domains=token.domains or (),
-        where=options.where,
-        after=options.after,
+
+    # A page without a condition is planned alike for any values: its SQL keeps its LIMIT
+    # and PostgreSQL plans it once per connection (see compiled._limit_as_parameter).
+    filtered = bool(token.domains) or bool(options.where)
+
+    def rows(where: Q) -> list[Any]:
+        return compiled.fetch_shaped(
+            kind,
+            lambda domains, where, after: _page_queryset(domains, where, options, after),
+            domains=token.domains or (),
+            where=where,
+            after=options.after,
+            limit_as_parameter=filtered,
+        )
+
+    bound = _probe_bound(options)
+    if bound is None:
+        return rows(options.where)
+    # Newest first: every row at or after the bound sorts before every row before it, so
+    # when the recent months fill the page it is the whole answer; otherwise the page is
+    # read as it would be without the probe. (Not "the rest, before the bound": PostgreSQL
+    # may run that one on a plan made once for any caller, and for it that plan sorts all
+    # of a caller's calls; the whole table's walks the caller's index in order.) The bound
+    # is written into the SQL (it changes once a month), so PostgreSQL prunes by it before
+    # planning.
+    literal = RawSQL(f"'{bound.isoformat()}'::timestamptz", [])
+    found = rows(options.where & Q(started_at__gte=literal))
+    return found if len(found) > options.top else rows(options.where)
+
+
+# A list page newest first, on partitioned PostgreSQL, first reads the months from the one
+# before the newest stored CDR's (or the cursor's) onwards. Why: PostgreSQL plans a
+# filtered page's statement anew for every request (its LIMIT is a parameter: a plan made
+# once for any caller would walk the whole time index for a rare one), and planning costs
+# about 0.1 ms for each partition the statement may touch: 4.4 ms for a caller's page over
+# 43 months, against 0.3 ms on a plain table. A bound on started_at leaves the other months
+# out before they are planned. (A page without a condition is planned once, but its run
+# still locks and starts a scan of every partition it may touch: 0.1 ms more over 43.) A
+# page the recent months do not fill (a rare caller) costs that statement more.
+_PROBE_MONTHS_BEFORE = 1
+_NEWEST_TTL = 60.0  # seconds a process keeps the newest stored hour (a lower bound ages safely)
+_newest_hour: dict[tuple[str, str], tuple[float, int | None]] = {}
+
+
+def _newest_stored_hour(alias: str) -> int | None:
+    """The newest UTC hour (epoch hours) holding a CDR that is not over a day ahead, from
+    the hourly rollups (one index probe), cached per process for ``_NEWEST_TTL``.
+
+    A cached hour only ever makes the probe's window wider or emptier than it could be:
+    the bound stays a lower bound, so pages are the same either way."""
+    conn = connections[alias]
+    key = (alias, str(conn.settings_dict["NAME"]))
+    now = time.monotonic()
+    cached = _newest_hour.get(key)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    ahead = int(datetime.now(UTC).timestamp() // 3600) + 24
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT max(hour) FROM {TOTALS_TABLE} WHERE hour <= %s", [ahead])
+        hour = cur.fetchone()[0]
+    _newest_hour[key] = (now + _NEWEST_TTL, hour)
+    return None if hour is None else int(hour)
+
+
+def forget_newest_stored_hour() -> None:
+    """Drop the cached newest hour (tests that replace every CDR between requests)."""
+    _newest_hour.clear()
+
+
+def _mentions_started_at(q: Q) -> bool:
+    """Whether ``q`` has a lookup on started_at (an expression child, search's, has not)."""
+    return any(
+        _mentions_started_at(c)
+        if isinstance(c, Q)
+        else isinstance(c, tuple) and str(c[0]).startswith("started_at")
+        for c in q.children
     )
+
+
+def reads_recent_months_first() -> bool:
+    """Whether a list page newest first reads the recent months first (see above): on
+    partitioned PostgreSQL, Citus aside."""
+    return _through_registry()
+
+
+def _probe_bound(options: ListOptions) -> datetime | None:
+    """Where a page's first read starts (see above), or None to read it in one go: not
+    partitioned, not newest first, an offset, or a condition on started_at already there
+    (the planner prunes by it)."""
+    if not reads_recent_months_first() or options.skip or _ids_first(options):
+        return None
+    first = options.order[0]
+    if first.field != "started_at" or not first.desc or _mentions_started_at(options.where):
+        return None
+    hour = _newest_stored_hour(routers.read_alias())
+    if hour is None:
+        return None
+    anchor = datetime.fromtimestamp(hour * 3600, UTC)
+    if options.after is not None and options.after[0] is not None:
+        anchor = min(anchor, options.after[0])
+    year, month = anchor.year, anchor.month - _PROBE_MONTHS_BEFORE
+    while month < 1:
+        year, month = year - 1, month + 12
+    return datetime(year, month, 1, tzinfo=UTC)
 
 
 class _CountAll(Func):
@@ -301,8 +402,14 @@ def cdr_get(*, token: ApiToken, cdr_id: int) -> CdrRow | None:
         return qs.values_list(*_columns(fields))[:1]
 
     def fetch(where: Q) -> CdrRow | None:
+        # LIMIT 1 stays in the text: PostgreSQL then reuses one generic plan (which prunes
+        # the partitions at run time) instead of planning the read anew every time.
         found = compiled.fetch_shaped(
-            ("detail", fields), make, domains=token.domains or (), where=where
+            ("detail", fields),
+            make,
+            domains=token.domains or (),
+            where=where,
+            limit_as_parameter=False,
         )
         return next(_as_dicts(fields, found), None)
 

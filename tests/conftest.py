@@ -17,6 +17,7 @@ from _pytest.faulthandler import fault_handler_stderr_fd_key
 from django.conf import settings
 from django.test import Client
 
+from cdrs import selectors
 from cdrs.tokens import mint_token
 from cdrservice.handlers import ApiChainMixin
 from tests.helpers import AllQueries, scratch_postgresql
@@ -90,6 +91,14 @@ def _fresh_rate_limit_counters() -> Iterator[None]:
     yield
     prefix = cast(str, settings.CACHES["default"]["KEY_PREFIX"])  # the Redis test settings
     delete_redis_keys(settings.TEST_REDIS_URL, prefix)
+
+
+@pytest.fixture(autouse=True)
+def _newest_hour_looked_up_afresh() -> None:
+    """A filtered list page on partitioned PostgreSQL reads recent months first, from the
+    newest stored hour a process keeps for a minute (``cdrs.selectors``): each test looks
+    it up afresh, so its statements do not depend on what the tests before it stored."""
+    selectors.forget_newest_stored_hour()
 
 
 class ApiClient(Client):

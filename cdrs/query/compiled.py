@@ -12,7 +12,8 @@ shape is kept only when every slot reaches the parameters unchanged (once or mor
 nowhere else; when the ORM transforms a value (LIKE escaping for ``contains``, a datetime
 turned into text on SQLite) or writes it into the SQL text, that shape is compiled per
 request, as before. Values that change the SQL itself (``None`` -> ``IS NULL``, booleans,
-list lengths, LIMIT/OFFSET) are part of the shape, never slots.
+list lengths, LIMIT/OFFSET, a ``RawSQL`` without parameters) are part of the shape, never
+slots.
 
 The interface is ``fetch_shaped``: the caller hands over a function that builds the query
 from what varies (a token's domains, the rows' condition, a keyset position) and a key
@@ -36,6 +37,7 @@ from typing import Any
 from django.core.exceptions import EmptyResultSet, ValidationError
 from django.db import connections
 from django.db.models import Q, QuerySet
+from django.db.models.expressions import RawSQL
 
 from cdrs import routers
 
@@ -52,6 +54,8 @@ class _Uncacheable(Exception):
 def _value_shape(value: Any, values: list[Any]) -> Hashable:
     if value is None or isinstance(value, bool):
         return ("literal", value)
+    if isinstance(value, RawSQL) and not value.params:  # SQL text: part of the shape
+        return ("sql", value.sql)
     if type(value) in _SLOTTABLE:
         values.append(value)
         return ("slot", type(value).__name__)
@@ -97,7 +101,7 @@ def _values_fill(items: Sequence[Any], values: Iterator[Any]) -> list[Any]:
 
 
 def _value_fill(value: Any, values: Iterator[Any]) -> Any:
-    if value is None or isinstance(value, bool):
+    if value is None or isinstance(value, bool | RawSQL):
         return value
     if isinstance(value, list | tuple):
         return [next(values) for _ in value]
@@ -130,7 +134,9 @@ def _stand_in(kind: type, index: int) -> Any:
 
 
 class _Compiled:
-    def __init__(self, qs: QuerySet[Any, Any], stand_ins: list[Any]) -> None:
+    def __init__(
+        self, qs: QuerySet[Any, Any], stand_ins: list[Any], limit_as_parameter: bool
+    ) -> None:
         self.alias = qs.db
         compiler = qs.query.get_compiler(using=self.alias)
         try:
@@ -149,7 +155,8 @@ class _Compiled:
             raise _Uncacheable  # a value was transformed or dropped
         if any(str(s).strip("\x00") in sql for s in stand_ins):
             raise _Uncacheable  # a value went into the SQL text
-        sql, params = _limit_as_parameter(sql, list(params))
+        if limit_as_parameter:
+            sql, params = _limit_as_parameter(sql, list(params))
         slots += [None] * (len(params) - len(slots))
         wrappers += [None] * (len(params) - len(wrappers))
         self.sql = sql
@@ -188,6 +195,12 @@ def _limit_as_parameter(sql: str, params: list[Any]) -> tuple[str, list[Any]]:
     one of them (7.6 ms); with ``LIMIT $2`` the generic plan reads the caller index in
     order and stops at the page's end (0.2 ms), as a plan for the actual values does.
     A LIMIT inside a subquery (ids first) is left alone: it is not at the end.
+
+    The price: PostgreSQL then plans such a statement anew on every run (a generic plan
+    with an unknown LIMIT looks costly), which on the partitioned table means planning
+    every partition not pruned by the statement's own values. So a query whose plan does
+    not depend on its values (a page with no condition) keeps its LIMIT in the text and is
+    planned once per connection (``fetch_shaped(limit_as_parameter=False)``).
     """
     found = _TRAILING_LIMIT.search(sql)
     if found is None:
@@ -232,6 +245,7 @@ def _fetch_rows(
     key: Hashable,
     build: Callable[[Sequence[Any]], QuerySet[Any, Any]],
     values: Sequence[Any],
+    limit_as_parameter: bool,
 ) -> list[Any]:
     """Rows of the ``values_list`` query ``build(values)``, compiled once per ``key``.
 
@@ -247,7 +261,9 @@ def _fetch_rows(
     else:
         stand_ins = [_stand_in(type(v), i) for i, v in enumerate(values)]
         try:
-            compiled = cache[full_key] = _Compiled(build(stand_ins).using(alias), stand_ins)
+            compiled = cache[full_key] = _Compiled(
+                build(stand_ins).using(alias), stand_ins, limit_as_parameter
+            )
             _count("compiled")
         except _Uncacheable:
             compiled = cache[full_key] = None
@@ -267,9 +283,11 @@ def fetch_shaped(
     domains: Sequence[str],
     where: Q,
     after: list[Any] | None = None,
+    limit_as_parameter: bool = True,
 ) -> list[Any]:
     """Rows of the ``values_list`` query ``make(domains, where, after)``, its SQL compiled
-    once per query shape.
+    once per query shape (its trailing LIMIT a parameter unless ``limit_as_parameter`` is
+    false: see ``_limit_as_parameter``).
 
     The arguments of ``make`` are what varies between requests: a token's domains, the
     rows' condition and a keyset position (None: no keyset condition). ``kind`` must name
@@ -281,7 +299,7 @@ def fetch_shaped(
     if where_shape is None or after_shape is None:
         _count("per_request")
         return list(make(domains, where, after).using(routers.read_alias()))
-    key = (kind, len(domains), where_shape[0], after is None, after_shape[0])
+    key = (kind, len(domains), where_shape[0], after is None, after_shape[0], limit_as_parameter)
     n_domains, n_where = len(domains), len(where_shape[1])
 
     def build(values: Sequence[Any]) -> QuerySet[Any, Any]:
@@ -290,4 +308,5 @@ def fetch_shaped(
         filled = _q_fill(where, iter(values[n_domains : n_domains + n_where]))
         return make(values[:n_domains], filled, position)
 
-    return _fetch_rows(key, build, [*domains, *where_shape[1], *after_shape[1]])
+    values = [*domains, *where_shape[1], *after_shape[1]]
+    return _fetch_rows(key, build, values, limit_as_parameter)

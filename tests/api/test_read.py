@@ -10,6 +10,7 @@ import pytest
 
 from cdrs.fields import ALL_FIELD_NAMES, PUBLIC_FIELD_NAMES
 from cdrs.ids import encode_id
+from cdrs.selectors import reads_recent_months_first
 from tests.factories import cdr_payload, create_cdr, create_cdrs
 
 pytestmark = pytest.mark.django_db
@@ -173,9 +174,11 @@ def test_domain_limited_token_sees_only_its_domains(api_client):
 
 
 def test_list_uses_a_fixed_number_of_queries(client_ro, django_assert_num_queries):
-    create_cdrs(*[cdr_payload() for _ in range(30)])
-    # token lookup, last-used update, count (counter slots), page
-    with django_assert_num_queries(4):
+    create_cdrs(*[cdr_payload() for _ in range(40)])
+    # token lookup, last-used update, count (counter slots), page; on partitioned
+    # PostgreSQL also the newest stored hour, which a process then keeps for a minute (the
+    # page reads from the month before it, which holds the 31 rows it needs).
+    with django_assert_num_queries(5 if reads_recent_months_first() else 4):
         assert len(body(client_ro.get("/api/cdrs?top=30"))["items"]) == 30
     # last_used_at was just written: it is not written again within the minute
     with django_assert_num_queries(3):

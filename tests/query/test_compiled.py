@@ -15,6 +15,7 @@ import pytest
 
 from cdrs.ids import encode_id
 from cdrs.query import compiled
+from cdrs.selectors import reads_recent_months_first
 from tests.factories import cdr_payload, create_cdr, create_cdrs
 
 pytestmark = pytest.mark.django_db
@@ -120,13 +121,16 @@ def test_second_request_of_a_shape_is_not_compiled_again(client_ro):
         lambda: client_ro.get("/api/cdrs", {"filter": "caller eq '401'", "top": "37"})
     )
     assert [i["caller"] for i in items(first)] == ["401"]
-    assert counts["compiled"] >= 1 and counts["compiled"] + counts["reused"] == 2  # page, count
+    # The page and the count; on partitioned PostgreSQL also the recent months' page
+    # first, which one CDR does not fill.
+    statements = 3 if reads_recent_months_first() else 2
+    assert counts["compiled"] >= 1 and counts["compiled"] + counts["reused"] == statements
     second, counts = _counted(
         lambda: client_ro.get("/api/cdrs", {"filter": "caller eq '402'", "top": "37"})
     )
     assert [i["caller"] for i in items(second)] == ["402", "402"]
     assert orjson.loads(second.content)["count"] == 2
-    assert counts == {**NONE, "reused": 2}  # the page and the count, both from kept SQL
+    assert counts == {**NONE, "reused": statements}  # all from kept SQL
 
 
 def _assert_compiled_per_request(client, option: str, template: str) -> None:
@@ -136,8 +140,10 @@ def _assert_compiled_per_request(client, option: str, template: str) -> None:
         response, counts = _counted(lambda params=params: client.get("/api/cdrs", params))
         assert len(items(response)) == expected, needle
         assert counts["reused"] == counts["compiled"] == 0, needle
-        # The page and the count, each built for this request (the first tried and refused).
-        assert counts["per_request"] + counts["refused"] == 2, needle
+        # The page and the count (and the recent months' page first, on partitioned
+        # PostgreSQL), each built for this request (the first tried and refused).
+        statements = 3 if reads_recent_months_first() else 2
+        assert counts["per_request"] + counts["refused"] == statements, needle
 
 
 def test_search_shapes_are_not_kept(client_ro):
