@@ -134,7 +134,14 @@ def test_second_request_of_a_shape_is_not_compiled_again(client_ro):
 
 
 def _assert_compiled_per_request(client, option: str, template: str) -> None:
-    create_cdrs(*[cdr_payload(caller=c) for c in ("6061000", "6062000", "7071000")])
+    # call_ids without digits: the default ("call-<n>@...") would match "1000" when the
+    # factory's counter passes it, and search reads call_id too.
+    create_cdrs(
+        *[
+            cdr_payload(caller=c, call_id=f"shape-{name}@pbx.example.com")
+            for c, name in (("6061000", "a"), ("6062000", "b"), ("7071000", "c"))
+        ]
+    )
     for needle, expected in (("606", 2), ("707", 1), ("1000", 2)):
         params = {option: template.format(needle), "top": "41"}
         response, counts = _counted(lambda params=params: client.get("/api/cdrs", params))
