@@ -21,10 +21,10 @@ from cdrs.expressions import Rfc3339
 from cdrs.fields import TIMESTAMP_FIELD_NAMES, visible_field_names
 from cdrs.ids import snowflake_time
 from cdrs.models import ApiToken, Cdr, CdrCounter
-from cdrs.partitions import REGISTRY, has_registry
+from cdrs.partitions import REGISTRY, has_registry, month_of, month_start
 from cdrs.query import compiled
 from cdrs.query.cursor import encode_cursor, keyset_q
-from cdrs.query.options import ListOptions
+from cdrs.query.options import ListOptions, and_leaves
 from cdrs.query.orderby import OrderTerm
 from cdrs.rollup import TOTALS_TABLE
 
@@ -225,7 +225,7 @@ def _page_rows(token: ApiToken, options: ListOptions) -> list[Any]:
 
     # A page without a condition is planned alike for any values: its SQL keeps its LIMIT
     # and PostgreSQL plans it once per connection (see compiled._limit_as_parameter).
-    filtered = bool(token.domains) or bool(options.where)
+    filtered = not _unfiltered(token, options)
 
     def rows(where: Q) -> list[Any]:
         return compiled.fetch_shaped(
@@ -261,7 +261,6 @@ def _page_rows(token: ApiToken, options: ListOptions) -> list[Any]:
 # out before they are planned. (A page without a condition is planned once, but its run
 # still locks and starts a scan of every partition it may touch: 0.1 ms more over 43.) A
 # page the recent months do not fill (a rare caller) costs that statement more.
-_PROBE_MONTHS_BEFORE = 1
 _NEWEST_TTL = 60.0  # seconds a process keeps the newest stored hour (a lower bound ages safely)
 _newest_hour: dict[tuple[str, str], tuple[float, int | None]] = {}
 
@@ -291,16 +290,6 @@ def forget_newest_stored_hour() -> None:
     _newest_hour.clear()
 
 
-def _mentions_started_at(q: Q) -> bool:
-    """Whether ``q`` has a lookup on started_at (an expression child, search's, has not)."""
-    return any(
-        _mentions_started_at(c)
-        if isinstance(c, Q)
-        else isinstance(c, tuple) and str(c[0]).startswith("started_at")
-        for c in q.children
-    )
-
-
 def reads_recent_months_first() -> bool:
     """Whether a list page newest first reads the recent months first (see above): on
     partitioned PostgreSQL, Citus aside."""
@@ -309,12 +298,14 @@ def reads_recent_months_first() -> bool:
 
 def _probe_bound(options: ListOptions) -> datetime | None:
     """Where a page's first read starts (see above), or None to read it in one go: not
-    partitioned, not newest first, an offset, or a condition on started_at already there
-    (the planner prunes by it)."""
-    if not reads_recent_months_first() or options.skip or _ids_first(options):
+    partitioned, not newest first, an offset, or a condition on started_at that the
+    planner already prunes by (one reached through ANDs)."""
+    if not reads_recent_months_first() or _ids_first(options):  # an offset: ids first
         return None
     first = options.order[0]
-    if first.field != "started_at" or not first.desc or _mentions_started_at(options.where):
+    if first.field != "started_at" or not first.desc:
+        return None
+    if any(key.partition("__")[0] == "started_at" for key, _ in and_leaves(options.where)[0]):
         return None
     hour = _newest_stored_hour(routers.read_alias())
     if hour is None:
@@ -322,10 +313,8 @@ def _probe_bound(options: ListOptions) -> datetime | None:
     anchor = datetime.fromtimestamp(hour * 3600, UTC)
     if options.after is not None and options.after[0] is not None:
         anchor = min(anchor, options.after[0])
-    year, month = anchor.year, anchor.month - _PROBE_MONTHS_BEFORE
-    while month < 1:
-        year, month = year - 1, month + 12
-    return datetime(year, month, 1, tzinfo=UTC)
+    # The first of the month before the anchor's.
+    return month_start(month_of(month_start(month_of(anchor)) - timedelta(days=1)))
 
 
 class _CountAll(Func):

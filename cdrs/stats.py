@@ -31,7 +31,7 @@ from django.db.models.sql.compiler import SQLCompiler
 
 from cdrs import rollup
 from cdrs.models import ApiToken, Cdr, CdrHourlyStats, CdrHourlyTotals
-from cdrs.query.options import ListOptions, OptionError
+from cdrs.query.options import ListOptions, OptionError, and_leaves
 from cdrs.query.stats_options import TIME_DIMENSIONS, StatsOptions
 from cdrs.selectors import cdrs_for_token, domain_q
 
@@ -238,25 +238,6 @@ def _slot_seconds(tz: ZoneInfo, lo: int, hi: int) -> int:
 # --- which rows: window, rollup eligibility ------------------------------------------
 
 
-def _and_leaves(q: Q) -> tuple[list[tuple[str, Any]], bool]:
-    """``(field__lookup, value)`` conditions reachable through non-negated ANDs, and
-    whether they are all of ``q`` (no OR, NOT or lookup expression such as search's)."""
-    if q.negated or (q.connector != Q.AND and len(q.children) > 1):
-        return [], False
-    leaves: list[tuple[str, Any]] = []
-    whole = True
-    for child in q.children:
-        if isinstance(child, Q):
-            inner, inner_whole = _and_leaves(child)
-            leaves.extend(inner)
-            whole = whole and inner_whole
-        elif isinstance(child, tuple) and len(child) == 2 and isinstance(child[0], str):
-            leaves.append(child)
-        else:
-            whole = False
-    return leaves, whole
-
-
 def _split(key: str) -> tuple[str, str]:
     field, _, lookup = key.partition("__")
     return field, lookup or "exact"
@@ -407,7 +388,7 @@ def cdr_stats(
     """Statistics of the CDRs ``token`` may see (None: every CDR, for the admin)."""
     time_dim = stats.time_dimension
     dims = stats.value_dimensions
-    leaves, whole = _and_leaves(options.where)
+    leaves, whole = and_leaves(options.where)
     lo, hi = _window(leaves)
     buckets = _Buckets(time_dim, stats.tz) if time_dim else None
 

@@ -419,10 +419,13 @@ class LoopProtocol(asgi_protocol.ASGIProtocol):
             return
         super()._close_transport()
 
-    def _end_linger(self) -> None:
+    def _stop_linger_timer(self) -> None:
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
+
+    def _end_linger(self) -> None:
+        self._stop_linger_timer()
         if self.transport is not None and not self._closed:
             self.transport.close()  # our end was shut for writing when the lingering began
             self._closed = True
@@ -476,9 +479,7 @@ class LoopProtocol(asgi_protocol.ASGIProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_done()
-        if self._linger_timer is not None:
-            self._linger_timer.cancel()
-            self._linger_timer = None
+        self._stop_linger_timer()
         super().connection_lost(exc)
 
 

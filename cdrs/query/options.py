@@ -51,6 +51,25 @@ class ListOptions:
     export_format: str = "ndjson"
 
 
+def and_leaves(q: Q) -> tuple[list[tuple[str, Any]], bool]:
+    """``(field__lookup, value)`` conditions reachable through non-negated ANDs, and
+    whether they are all of ``q`` (no OR, NOT or lookup expression such as search's)."""
+    if q.negated or (q.connector != Q.AND and len(q.children) > 1):
+        return [], False
+    leaves: list[tuple[str, Any]] = []
+    whole = True
+    for child in q.children:
+        if isinstance(child, Q):
+            inner, inner_whole = and_leaves(child)
+            leaves.extend(inner)
+            whole = whole and inner_whole
+        elif isinstance(child, tuple) and len(child) == 2 and isinstance(child[0], str):
+            leaves.append(child)
+        else:
+            whole = False
+    return leaves, whole
+
+
 def single_value(params: Mapping[str, list[str]], name: str) -> str | None:
     """The one value of option ``name`` (None if absent); OptionError if repeated."""
     values = params.get(name)
